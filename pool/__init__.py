@@ -1,0 +1,1 @@
+"""phoenix-pool: a supervised process pool of Phoenix Channels connections."""

@@ -1,0 +1,1 @@
+"""The watchdog: spawns, watches, kills and respawns worker processes. Knows nothing of Phoenix."""
