@@ -60,3 +60,18 @@ class ReplyError(PoolError):
 
 class NotJoined(PoolError):
     """A push or leave for a topic this socket has not joined."""
+
+
+class Rejected(PoolError):
+    """The pool refused the push: unknown topic, channel closed or FATAL, buffer full, stopping."""
+
+
+class WorkerLost(PoolError):
+    """The worker died with the request in flight (seen at once, through EOF on its socket).
+
+    The push may or may not have reached the server; retry only if that is safe.
+    """
+
+
+class NotRunning(PoolError):
+    """No pool (or no worker for the topic) is listening in the run_dir."""
