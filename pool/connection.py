@@ -470,8 +470,12 @@ class Socket:
         for _ in range(MAX_FRAMES_PER_READ):
             try:
                 frame = self._ws.recv_frame()
-            except (BlockingIOError, ssl.SSLWantReadError, websocket.WebSocketTimeoutException):
+            except (BlockingIOError, ssl.SSLWantReadError):
                 return out
+            except websocket.WebSocketTimeoutException:
+                # reads here never wait, so this is the kernel's ETIMEDOUT (which websocket-client
+                # reports as a timeout): TCP_USER_TIMEOUT found the peer stopped acknowledging
+                raise self._lost("send timeout (the peer stopped acknowledging; TCP_USER_TIMEOUT)") from None
             except websocket.WebSocketConnectionClosedException:
                 raise self._lost("connection closed by peer") from None
             except (websocket.WebSocketProtocolException, websocket.WebSocketPayloadException) as exc:

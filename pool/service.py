@@ -72,14 +72,11 @@ class ClientConn:
         frame = framing.encode(header, body)
         limit = self.server.out_limit
         if droppable:
+            self._queue_marker()
             if len(self.out) + len(frame) > limit:
                 self.dropped += 1
                 self.server.stats["dropped_messages"] += 1
                 return False
-            if self.dropped:
-                marker = framing.encode({"op": "dropped", "count": self.dropped})
-                self.out += marker
-                self.dropped = 0
         elif len(self.out) + len(frame) > 2 * limit:
             self.server.drop(self, "client does not read its replies (output buffer full)")
             return False
@@ -87,8 +84,17 @@ class ClientConn:
         self.flush()
         return True
 
+    def _queue_marker(self):
+        """Tell a listener how many messages it missed, once there is room again."""
+        if self.dropped and len(self.out) < self.server.out_limit // 2:
+            self.out += framing.encode({"op": "dropped", "count": self.dropped})
+            self.dropped = 0
+
     def flush(self):
-        while self.out and not self.closed:
+        while not self.closed:
+            self._queue_marker()
+            if not self.out:
+                return
             try:
                 sent = self.sock.send(self.out)
             except (BlockingIOError, InterruptedError):
@@ -122,7 +128,7 @@ class ClientServer:
         return [self.listener, *self.clients.values()]
 
     def write_fds(self):
-        return [c for c in self.clients.values() if c.out]
+        return [c for c in self.clients.values() if c.out or c.dropped]
 
     def accept(self):
         for _ in range(64):
