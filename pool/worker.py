@@ -29,6 +29,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
+from supervisor import exitcodes
+
 from . import protocol
 from .backoff import FORBIDDEN_SCHEDULE, RECONNECT_SCHEDULE, REJOIN_SCHEDULE, Schedule
 from .connection import Socket
@@ -38,7 +40,6 @@ from .service import ClientConn, ClientServer
 log = logging.getLogger("pool.worker")
 
 DOWN, JOINING, JOINED, ERRORED, CLOSED = "down", "joining", "joined", "errored", "closed"
-EXIT_LOST_PARENT = 75  # kept equal to supervisor.exitcodes.LOST_PARENT by a test
 
 
 @dataclass
@@ -146,7 +147,7 @@ class Worker:
     # -- the loop ----------------------------------------------------------------
 
     def run(self):
-        """Run until a graceful stop (returns 0) or the parent is gone (returns LOST_PARENT)."""
+        """Run until a graceful stop (returns 0) or the supervisor is gone (LOST_PARENT)."""
         s = self.settings
         if s.socket_path:
             self.server = ClientServer(s.socket_path, self.handle_request, mode=s.socket_mode,
@@ -160,7 +161,7 @@ class Worker:
                     return 0
                 if not self.ctx.parent_alive():
                     log.warning("supervisor gone, exiting topic=%s", self.label)
-                    return EXIT_LOST_PARENT
+                    return exitcodes.LOST_PARENT
                 now = time.monotonic()
                 self.step(now)
                 self.expire(time.monotonic())
