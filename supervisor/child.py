@@ -77,8 +77,9 @@ class WorkerContext:
        ``ctx.stop_requested`` -> finish up within ``ctx.shutdown_timeout`` (leave channels, close
        sockets) and return; if not ``ctx.parent_alive()`` -> exit at once with
        ``raise SystemExit(exitcodes.LOST_PARENT)``.
-    4. **Exit codes.** Returning means exit code 0 (the slot is respawned with backoff: a target is
-       expected to run until told to stop). ``raise SystemExit(exitcodes.RECYCLE)`` asks to be
+    4. **Exit codes.** Returning None means exit code 0; returning an int 0..255 makes it the exit
+       code (e.g. ``return exitcodes.LOST_PARENT``). Either way the slot is respawned (with backoff
+       unless the supervisor asked it to stop): a target is expected to run until told to stop. ``raise SystemExit(exitcodes.RECYCLE)`` asks to be
        replaced (not counted as a crash). An exception before the first ack is a boot failure, after
        it an unexpected exit; a ``MemoryError`` anywhere in the exception chain exits with
        ``exitcodes.MEMORY``. All of these except RECYCLE count as crashes (backoff, then FATAL).
@@ -286,8 +287,10 @@ def child_main(boot):
         ctx.set_title(f"{spec.slot} starting")
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED)
         # -- the target ------------------------------------------------------------------------
-        spec.target(ctx, *spec.args, **spec.kwargs)
-        code = exitcodes.OK
+        result = spec.target(ctx, *spec.args, **spec.kwargs)
+        # returning an int (e.g. exitcodes.LOST_PARENT) makes it the exit code; anything else is 0
+        code = result if isinstance(result, int) and not isinstance(result, bool) \
+            and 0 <= result < 256 else exitcodes.OK
     except SystemExit as e:
         if e.code is None:
             code = exitcodes.OK

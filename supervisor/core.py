@@ -416,6 +416,10 @@ class Supervisor:
     def _on_exit(self, slot, exitcode):
         now = self.clock()
         cfg = self.config
+        if slot.ack is not None:          # acks written just before the exit still count
+            got, rec = slot.ack.read()
+            if got:
+                self._on_ack(slot, rec, now)
         reason, counted = reasons.exit_reason(exitcode, kill_reason=slot.kill_reason(),
                                               stop_reason=slot.stop_reason(),
                                               sent_sigkill=slot.sent_sigkill)

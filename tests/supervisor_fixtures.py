@@ -126,6 +126,22 @@ class SupProc:
                                          f"{self.log()[-3000:]}")
                 self._cond.wait(left)
 
+    def wait_count(self, event, n, timeout=HANG, **match):
+        """Wait until ``n`` events named ``event`` (matching) have been seen; returns the n-th."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                hits = [e for e in self.events
+                        if e["event"] == event and all(e.get(k) == v for k, v in match.items())]
+                if len(hits) >= n:
+                    return hits[n - 1]
+                if self.events and self.events[-1]["event"] == "_eof":
+                    raise AssertionError(f"supervisor ended after {len(hits)} {event} events")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"only {len(hits)}/{n} {event} events within {timeout} s")
+                self._cond.wait(left)
+
     def find(self, event, **match):
         with self._cond:
             return [e for e in self.events
