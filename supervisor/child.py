@@ -225,6 +225,19 @@ def _set_rlimits(config):
         pass
 
 
+def _register_faulthandler():
+    """Stacks go to stderr (the log). A worker without a usable sys.stderr falls back to fd 2;
+    without that it runs on with the dump signal ignored rather than killed by it."""
+    for out in (sys.stderr, 2):
+        try:
+            faulthandler.register(DUMP_SIGNAL, file=out, all_threads=True, chain=False)
+            faulthandler.enable(file=out, all_threads=True)
+            return
+        except (AttributeError, ValueError, OSError, RuntimeError, TypeError):
+            continue
+    signal.signal(DUMP_SIGNAL, signal.SIG_IGN)
+
+
 def _is_memory_error(exc):
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -259,8 +272,7 @@ def child_main(boot):
     cfg = boot.config
     try:
         # faulthandler first: from here on the dump signal prints the stack instead of killing
-        faulthandler.register(DUMP_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
-        faulthandler.enable(file=sys.stderr, all_threads=True)
+        _register_faulthandler()
         os.setpgid(0, 0)
         if not set_pdeathsig(signal.SIGKILL, boot.ppid):
             _flush_and_exit(exitcodes.LOST_PARENT)

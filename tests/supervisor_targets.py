@@ -26,6 +26,7 @@ exit        ack once, return (exit 0); with ``hold`` = a path: stay healthy whil
 silent      never ack
 stubborn    ack ready, ignore stop requests
 recycle     ack once, then ask to be recycled (exit RECYCLE)
+return_code ack once, then return ``code`` (an int return value is the exit code)
 
 ``once``: a path; the misbehaviour happens only in the worker that creates it first (O_EXCL), the
 replacement is healthy -- so a test sees a wedge, then a recovery.
@@ -179,6 +180,9 @@ def target(ctx, mode="healthy", once=None, healthy_for=0.5, chunk_mb=8, rss_mb=0
             select.select(ctx.wait_fds(), [], [], 1.0)
     elif mode == "stubborn":
         _healthy_loop(ctx, stubborn=True)
+    elif mode == "return_code":
+        ctx.ack("joined", ready=True)
+        return _ignored.get("code", 0)
     elif mode == "recycle":
         ctx.ack("joined", ready=True)
         raise SystemExit(exitcodes.RECYCLE)

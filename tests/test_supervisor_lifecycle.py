@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -278,3 +279,40 @@ def test_usr1_reopens_log_files(supervise, tmp_path):  # noqa: F811
     assert "event=supervisor_started" in open(log_file + ".1").read()
     assert sp.stop() == exitcodes.OK
     assert "event=supervisor_stopped" in open(log_file).read()
+
+
+def test_returned_int_is_the_exit_code(supervise, tmp_path):  # noqa: F811
+    sp = supervise([{"slot": "r", "mode": "return_code", "code": exitcodes.LOST_PARENT,
+                     "once": str(tmp_path / "r")}], wait_ready=False)
+    ev = sp.wait_event("exited", slot="r")
+    assert ev["exitcode"] == exitcodes.LOST_PARENT and ev["reason"] == "exit code 6 (LOST_PARENT)"
+    assert ev["counted"]
+    assert sp.stop() == exitcodes.OK
+
+
+def test_systemd_notify_ready_status_watchdog_stopping(supervise, tmp_path):  # noqa: F811
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(HANG)
+    try:
+        sp = supervise([{"slot": "a", "mode": "healthy"}, {"slot": "b", "mode": "healthy"}],
+                       env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
+        got = []
+        while not ({"READY=1", "WATCHDOG=1"} <= set(got) and
+                   any(m.startswith("STATUS=2/2 ready") for m in got)):
+            got.append(sock.recv(4096).decode())
+        assert got.index("READY=1") > 0       # READY only once every slot had been ready
+        assert sum(m == "WATCHDOG=1" for m in got) >= 1
+        # WATCHDOG=1 keeps coming from the main loop (every WATCHDOG_USEC / 4)
+        deadline = time.monotonic() + HANG
+        pings = 0
+        while pings < 3 and time.monotonic() < deadline:
+            pings += sock.recv(4096).decode() == "WATCHDOG=1"
+        assert pings == 3
+        sp.signal(signal.SIGTERM)
+        while sock.recv(4096).decode() != "STOPPING=1":
+            pass
+        assert sp.wait_exit() == exitcodes.OK
+    finally:
+        sock.close()

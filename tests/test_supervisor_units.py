@@ -333,3 +333,77 @@ def test_signal_names():
     assert reasons.signal_name(signal.SIGTERM) == "SIGTERM"
     assert reasons.describe_status(-signal.SIGABRT) == "killed by SIGABRT"
     assert json.dumps(reasons.describe_status(None))
+
+
+# ------------------------------------------------------------------------------------ worker context
+def _ctx(writer, lifeline_r, ppid=None):
+    from supervisor.child import WorkerContext
+    stop_r, stop_w = os.pipe2(os.O_NONBLOCK)
+    return WorkerContext(slot="s", name="n", ack_interval=1.0, shutdown_timeout=1.0,
+                         title_prefix="pool", writer=writer, stop_r=stop_r, stop_w=stop_w,
+                         lifeline_r=lifeline_r, ppid=os.getppid() if ppid is None else ppid)
+
+
+class _ListWriter:
+    broken = False
+
+    def __init__(self):
+        self.sent = []
+
+    def write(self, data):
+        self.sent.append(ackmod.decode(data))
+
+
+def test_context_lifeline_eof_means_parent_gone():
+    r, w = os.pipe()
+    ctx = _ctx(_ListWriter(), r)
+    assert ctx.parent_alive()
+    os.close(w)                                   # the supervisor's end closes when it dies
+    assert not ctx.parent_alive()
+    assert not _ctx(_ListWriter(), r, ppid=1).parent_alive()     # reparented
+    os.close(r)
+
+
+def test_context_stop_signal_handler_sets_flag_and_wakes_fd():
+    import select
+    r, w = os.pipe()
+    ctx = _ctx(_ListWriter(), r)
+    assert not ctx.stop_requested
+    ctx._on_stop_signal(signal.SIGTERM, None)
+    assert select.select(ctx.wait_fds(), [], [], 0)[0] == [ctx.wait_fds()[0]]
+    assert ctx.stop_requested
+    assert select.select(ctx.wait_fds(), [], [], 0)[0] == []     # drained: no busy loop
+    os.close(r)
+    os.close(w)
+
+
+def test_context_ack_coalesces_and_refuses_threads():
+    import threading
+    r, w = os.pipe()
+    writer = _ListWriter()
+    ctx = _ctx(writer, r)
+    assert not ctx.acked
+    for _ in range(100):
+        ctx.ack("joined", ready=True, heartbeat_age=0.5)
+    assert len(writer.sent) == 1 and ctx.acked                  # identical acks coalesced
+    ctx.ack("backoff", ready=False)                              # a change goes out at once
+    assert [a.state for a in writer.sent] == ["joined", "backoff"]
+    errors = []
+    t = threading.Thread(target=lambda: errors.append(pytest.raises(RuntimeError, ctx.ack, "x")))
+    t.start()
+    t.join()
+    assert errors and len(writer.sent) == 2                      # an ack must prove the loop turns
+    os.close(r)
+    os.close(w)
+
+
+def test_memory_error_is_found_anywhere_in_the_chain():
+    from supervisor.child import _is_memory_error
+    try:
+        try:
+            raise MemoryError()
+        except MemoryError as e:
+            raise RuntimeError("wrapped by a callback wrapper") from e
+    except RuntimeError as e:
+        assert _is_memory_error(e)
+    assert not _is_memory_error(ValueError("x"))
