@@ -75,3 +75,7 @@ class WorkerLost(PoolError):
 
 class NotRunning(PoolError):
     """No pool (or no worker for the topic) is listening in the run_dir."""
+
+
+class ConfigError(PoolError, ValueError):
+    """The pool configuration is invalid; the message names the file, the key and the fix."""
