@@ -52,7 +52,7 @@ class ChannelSpec:
 @dataclass
 class WorkerSettings:
     url: str
-    params: Optional[dict] = None
+    params: Optional[dict] = field(default=None, repr=False)  # secrets: never in a repr or log
     vsn: str = protocol.V2
     heartbeat_interval: float = 25.0
     heartbeat_timeout: Optional[float] = None
@@ -61,9 +61,9 @@ class WorkerSettings:
     push_timeout: float = 10.0
     join_timeout: Optional[float] = None
     push_buffer: int = 1000
-    headers: Sequence[str] = ()
+    headers: Sequence[str] = field(default=(), repr=False)
     sslopt: Optional[dict] = None
-    auth_token: Optional[str] = None
+    auth_token: Optional[str] = field(default=None, repr=False)
     socket_path: Optional[str] = None
     socket_mode: int = 0o600
     socket_group: Optional[str] = None
@@ -185,6 +185,8 @@ class Worker:
                 elif ch.state == ERRORED and now >= ch.rejoin_at:
                     self.stats["rejoins"] += 1
                     self.join(ch)
+                elif ch.state == JOINED and ch.buffer:
+                    self.flush_buffer(ch)
         except ConnectionLost as exc:
             self.on_lost(str(exc))
 
@@ -228,6 +230,8 @@ class Worker:
                     times.append(ch.join_deadline)
                 elif ch.state == ERRORED:
                     times.append(ch.rejoin_at)
+                elif ch.state == JOINED and any(not p.done for p in ch.buffer):
+                    times.append(0.0)  # a flush was cut short: go on at once
         else:
             times.append(self.reconnect_at)
         return min(times)
@@ -388,7 +392,10 @@ class Worker:
         return True
 
     def flush_buffer(self, ch):
-        while ch.buffer and ch.state == JOINED and self.sock.connected:
+        # one pass flushes for at most one ack interval, so a slowly draining peer cannot hold
+        # the loop (and its acks) through hundreds of individually bounded sends
+        budget = time.monotonic() + self.ctx.ack_interval
+        while ch.buffer and ch.state == JOINED and self.sock.connected and time.monotonic() < budget:
             push = ch.buffer.popleft()
             if push.done:
                 continue

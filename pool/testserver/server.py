@@ -267,10 +267,10 @@ class Connection:
             with self._send_lock:
                 self._sock.sendall(_wire.http_response(status))
             return False
-        with self._send_lock:
-            self._sock.sendall(self._ws.send(AcceptConnection(subprotocol=self._subprotocol)))
+        with self._send_lock:  # flag first: the client may act on the 101 before sendall returns
             self.upgraded = True
-        self._last_recv = time.monotonic()
+            self._last_recv = time.monotonic()
+            self._sock.sendall(self._ws.send(AcceptConnection(subprotocol=self._subprotocol)))
         srv._changed()
         if rest:
             self._feed(rest)
