@@ -44,6 +44,10 @@ DUMP_GRACE = 0.1
 MAX_WAIT = 1.0
 #: how often every live worker is polled even without a sentinel event
 POLL_ALL_EVERY = 1.0
+#: acks are read in batches at most this often (and at most every ack_interval / 4) (each ack need not wake a whole pass: with hundreds
+#: of workers that costs a core). Batching only delays the stamp of an ack, which makes a silence
+#: look shorter, never longer; and a worker's channel is read once more right before a kill.
+ACK_BATCH = 0.25
 EXIT_REASONS_KEPT = 5
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1)
 
@@ -168,6 +172,7 @@ class Supervisor:
         self._ready = set()
         self._last_title = None
         self._next_poll_all = 0.0
+        self._next_ack_read = 0.0
         self._status_line = None
         titles.init()
 
@@ -191,7 +196,8 @@ class Supervisor:
                 self._pass()
                 if self._stopping and not any(s.state in LIVE for s in self._slots.values()):
                     break
-                self._ready = set(mp_wait(self._wait_objects(), self._next_timeout()))
+                acks_due = self.clock() >= self._next_ack_read
+                self._ready = set(mp_wait(self._wait_objects(acks_due), self._next_timeout(acks_due)))
         finally:
             self._shutdown_cleanup()
         return self._exit_code
@@ -289,22 +295,28 @@ class Supervisor:
         self._serve_control()
         self._report()
 
-    def _wait_objects(self):
+    def _wait_objects(self, acks_due=True):
         objs = [self._wake_r]
         for slot in self._slots.values():
             if slot.proc is not None:
                 objs.append(slot.proc.sentinel)
-                if slot.ack is not None and slot.ack.kind == "pipe" and not slot.ack.eof:
+                if acks_due and slot.ack is not None and slot.ack.kind == "pipe" and not slot.ack.eof:
                     objs.append(slot.ack.fd)
         objs.extend(self._control.wait_objects())
         return objs
 
-    def _next_timeout(self):
+    def _ack_batch(self):
+        cfg = self.config
+        if cfg.liveness == "file":
+            return min(0.5, cfg.ack_interval)          # the file sweep
+        return min(ACK_BATCH, cfg.ack_interval / 4)
+
+    def _next_timeout(self, acks_due=True):
         now = self.clock()
         cfg = self.config
         cap = MAX_WAIT
-        if cfg.liveness == "file":
-            cap = min(0.5, cfg.ack_interval)
+        if cfg.liveness == "file" or not acks_due:
+            cap = min(cap, max(0.0, self._next_ack_read - now))
         if self._control.has_pending_output():
             cap = min(cap, 0.02)
         deadlines = [self._next_poll_all]
@@ -493,15 +505,31 @@ class Supervisor:
     # ================================================================== 3. acks
     def _read_acks(self):
         now = self.clock()
+        if now < self._next_ack_read:
+            return
+        file_mode = self.config.liveness == "file"
+        got_any = file_mode
         for slot in self._slots.values():
             a = slot.ack
             if a is None:
                 continue
-            if a.kind == "pipe" and a.fd not in self._ready:
+            if not file_mode and a.fd not in self._ready:
                 continue
+            got_any = True
             got, rec = a.read()
             if got:
                 self._on_ack(slot, rec, now)
+        if got_any:
+            self._next_ack_read = now + self._ack_batch()
+
+    def _last_chance_ack(self, slot, now):
+        """Read the worker's ack channel once more right before killing it."""
+        if slot.ack is not None:
+            got, rec = slot.ack.read()
+            if got:
+                self._on_ack(slot, rec, now)
+                return True
+        return False
 
     def _on_ack(self, slot, rec, now):
         slot.acks += 1
@@ -540,11 +568,11 @@ class Supervisor:
                 continue
             if slot.first_ack_at is None:
                 silent = now - slot.started_at
-                if silent >= cfg.effective_boot_timeout:
+                if silent >= cfg.effective_boot_timeout and not self._last_chance_ack(slot, now):
                     self._start_kill(slot, reasons.BOOT_TIMEOUT, silent, now)
                 continue
             silent = now - slot.last_ack_at
-            if silent >= cfg.ack_deadline:
+            if silent >= cfg.ack_deadline and not self._last_chance_ack(slot, now):
                 self._start_kill(slot, reasons.ACK_TIMEOUT, silent, now)
                 continue
             hb = self._heartbeat_deadline(slot)

@@ -316,3 +316,21 @@ def test_systemd_notify_ready_status_watchdog_stopping(supervise, tmp_path):  # 
         assert sp.wait_exit() == exitcodes.OK
     finally:
         sock.close()
+
+
+def test_many_workers_cost_the_supervisor_little_cpu(supervise):  # noqa: F811
+    """Acks are read in batches: 100 workers acking twice a second must not keep a core busy."""
+    sp = supervise([{"slot": f"s{i}", "mode": "healthy"} for i in range(100)],
+                   ack_interval=0.5, ack_deadline=10.0, boot_timeout=30.0)
+    tck = os.sysconf("SC_CLK_TCK")
+
+    def cpu():
+        f = open(f"/proc/{sp.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / tck
+
+    c0, t0 = cpu(), time.monotonic()
+    time.sleep(2.0)          # measuring an idle period: there is no event to wait for
+    used = (cpu() - c0) / (time.monotonic() - t0)
+    assert used < 0.10, f"supervisor used {used:.0%} of a core with 100 idle workers"
+    assert not sp.find("kill")
+    assert sp.stop() == exitcodes.OK
