@@ -539,3 +539,24 @@ def test_main_runs_until_sigterm(clients, args):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_faults_object(srv, ws):
+    conn = srv.connections[0]
+    with pytest.raises(AttributeError):
+        srv.faults.stop_reding = True
+    conn.faults.reject_joins = True
+    srv.faults.drop_heartbeats = True
+    srv.reset_faults()
+    assert (conn.faults.reject_joins, srv.faults.drop_heartbeats) == (None, False)
+    assert join(ws, "room:1") == reply("1", "1", "room:1")
+
+
+def test_a_send_that_times_out_aborts_the_connection(servers, clients):
+    srv = servers(send_timeout=0.5)
+    clients(srv.url)  # never reads
+    conn = srv.connections[0]
+    start = time.monotonic()
+    while conn.push("t", "big", {"data": "z" * 2**20}):
+        assert time.monotonic() - start < 10
+    assert conn.closed and srv.connections == []

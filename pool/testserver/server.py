@@ -230,10 +230,10 @@ class Connection:
         try:
             if self._handshake():
                 self._read_loop()
-        except (OSError, ValueError):  # the socket was reset, timed out, or closed under us
+        except OSError:  # the socket was reset, timed out, or closed under us
             pass
-        except Exception:  # a bug in the server: show it, but keep the server running
-            if not self._done:
+        except Exception:
+            if not self._done:  # a bug in the server: show it, but keep the server running
                 traceback.print_exc()
         finally:
             self._finalize()
@@ -465,7 +465,7 @@ class Connection:
         elif event == "error":
             self._reply(join_ref, ref, topic, "error", payload)
         elif event == "slow":
-            self._later(float(options.get("delay", 1.0)), self._reply, join_ref, ref, topic, "ok", payload)
+            self._later(_number(options, "delay", 1.0), self._reply, join_ref, ref, topic, "ok", payload)
         elif event == "broadcast":
             self._server.broadcast(topic, options.get("event", "broadcast"), payload)
             self._reply(join_ref, ref, topic, "ok", {})
@@ -482,7 +482,7 @@ class Connection:
             self._reply(join_ref, ref, topic, "ok", {})
             self.send_garbage("text")
         elif event == "close":
-            self._start_close(int(options.get("code", 1000)), str(options.get("reason", "")))
+            self._start_close(int(_number(options, "code", 1000)), str(options.get("reason", "")))
         elif event == "abort":
             self.abort()
         else:  # "echo" and anything else
@@ -496,6 +496,11 @@ class Connection:
         timer.daemon = True
         self._timers.add(timer)
         timer.start()
+
+
+def _number(options, key, default):
+    value = options.get(key, default)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
 class PhoenixServer:
