@@ -560,3 +560,20 @@ def test_a_send_that_times_out_aborts_the_connection(servers, clients):
     while conn.push("t", "big", {"data": "z" * 2**20}):
         assert time.monotonic() - start < 10
     assert conn.closed and srv.connections == []
+
+
+def test_descriptors_above_1024(srv, clients):
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1100:
+        pytest.skip("cannot raise the descriptor limit above 1024")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100), hard))
+    filler = [socket.socket() for _ in range(1030)]
+    try:
+        ws = clients(srv.url)
+        assert srv.connections[0]._sock.fileno() >= 1024
+        assert join(ws, "room:1") == reply("1", "1", "room:1")
+    finally:
+        for s in filler:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -122,7 +122,9 @@ def wait_readable(sock, timeout):
     """True when sock has data to read (including data already decrypted inside an SSLSocket)."""
     if getattr(sock, "pending", None) and sock.pending():
         return True
-    return bool(select.select([sock], [], [], max(timeout, 0))[0])
+    poller = select.poll()  # not select.select: that fails for descriptors >= 1024
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(max(timeout, 0) * 1000))
 
 
 def read_head(sock, deadline, should_stop, poll=0.1):

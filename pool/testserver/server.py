@@ -253,16 +253,13 @@ class Connection:
         if got is None:
             return False
         head, rest = got
-        target = _wire.request_target(head)
-        if target is not None:
-            self.path, self.params = _wire.parse_target(target)
-            self.vsn = self.params.pop("vsn", "1.0.0")
+        problem = self._parse_request(head)
         srv._register(self)
         if self._fault("hang_upgrade"):
             self._hang()
             return False
-        status = self._upgrade_status(target, head)
-        if status != 101:
+        status = self._fault("reject_upgrade") or problem or self._check_connect()
+        if status:
             srv._count("upgrades_rejected")
             with self._send_lock:
                 self._sock.sendall(_wire.http_response(status))
@@ -276,13 +273,14 @@ class Connection:
             self._feed(rest)
         return True
 
-    def _upgrade_status(self, target, head):
-        srv = self._server
-        if self._fault("reject_upgrade"):
-            return self._fault("reject_upgrade")
+    def _parse_request(self, head):
+        """Fill in path, params, vsn and auth_token; returns the HTTP status to refuse with, or None."""
+        target = _wire.request_target(head)
         if target is None:
             return 400
-        if self.path != srv.path + "/websocket":
+        self.path, self.params = _wire.parse_target(target)
+        self.vsn = self.params.pop("vsn", "1.0.0")
+        if self.path != self._server.path + "/websocket":
             return 404
         if not VSN.fullmatch(self.vsn):
             return 403
@@ -291,19 +289,22 @@ class Connection:
             request = next(e for e in self._ws.events() if isinstance(e, Request))
         except (RemoteProtocolError, StopIteration):  # not a WebSocket upgrade request
             return 400
+        self._subprotocol = "phoenix" if "phoenix" in request.subprotocols else None
         try:
             self.auth_token = _wire.decode_token(request.subprotocols)
         except ValueError:
             return 403
-        self._subprotocol = "phoenix" if "phoenix" in request.subprotocols else None
-        if srv.connect_check is not None:
-            try:
-                if not srv.connect_check(dict(self.params), self.auth_token):
-                    return 403
-            except Exception:
-                traceback.print_exc()
-                return 403
-        return 101
+        return None
+
+    def _check_connect(self):
+        check = self._server.connect_check
+        if check is None:
+            return None
+        try:
+            return None if check(dict(self.params), self.auth_token) else 403
+        except Exception:
+            traceback.print_exc()
+            return 403
 
     def _hang(self):
         """Read and discard until the client goes away or the server stops; never answer."""
