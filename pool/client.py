@@ -2,7 +2,8 @@
 
 Pushes and listens go straight to the worker that owns the topic (one hop over a unix socket
 in run_dir); status, stop and reload go to the supervisor's control socket. Every call is
-bounded by its timeout. The client is safe across fork: each process opens its own sockets.
+bounded by its timeout. The client is safe across threads and fork: each thread of each
+process opens its own sockets.
 
 Outcomes of a push, as the caller sees them: the reply's response (ok), `ReplyError` (the
 server replied error), `PushTimeout`, `Rejected` (unknown topic, channel closed or FATAL,
@@ -11,6 +12,7 @@ at once through EOF). ``retry_lost=N`` re-sends a push lost that way up to N tim
 replacement worker, within the same timeout: only safe for idempotent pushes.
 """
 import os
+import threading
 import time
 
 from supervisor.control import request as control_request
@@ -75,19 +77,23 @@ class Client:
         self.timeout = timeout
         self.retry_lost = retry_lost
         self.control_timeout = control_timeout
-        self._workers = {}
-        self._pid = os.getpid()
+        self._local = threading.local()
 
     def _socket_path(self, topic):
         from .config import channel_socket_path
         return channel_socket_path(self.run_dir, topic)
 
+    def _connections(self):
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():  # new thread, or forked: open our own
+            local.pid, local.workers = os.getpid(), {}
+        return local.workers
+
     def _worker(self, topic):
-        if self._pid != os.getpid():  # forked: the parent's sockets are not ours
-            self._workers, self._pid = {}, os.getpid()
-        conn = self._workers.get(topic)
+        workers = self._connections()
+        conn = workers.get(topic)
         if conn is None:
-            conn = self._workers[topic] = WorkerConnection(self._socket_path(topic))
+            conn = workers[topic] = WorkerConnection(self._socket_path(topic))
         return conn
 
     # -- supervisor ----------------------------------------------------------------------
@@ -197,9 +203,11 @@ class Client:
             time.sleep(0.05)
 
     def close(self):
-        for conn in self._workers.values():
+        """Close this thread's connections (others close when their threads end)."""
+        workers = self._connections()
+        for conn in workers.values():
             conn.close()
-        self._workers = {}
+        workers.clear()
 
     def __enter__(self):
         return self

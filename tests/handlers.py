@@ -15,3 +15,10 @@ def explode(message):
 
 def exhaust_memory(message):
     raise MemoryError("simulated")
+
+
+def grow(message):
+    """Allocate without bound: the worker's RLIMIT_DATA must stop it."""
+    hoard = []
+    while True:
+        hoard.append(bytearray(8 * 2**20))

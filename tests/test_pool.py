@@ -1,0 +1,213 @@
+"""The pool end to end: a spawned supervisor, forked workers, the Phoenix test server.
+
+The seed report's scenarios through the whole stack, SIGSTOP, worker death with pushes in
+flight, memory, fork safety. (The CLI and `pool start` are in test_cli.py.)
+"""
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import pool
+from pool import PushTimeout, Rejected, WorkerLost
+from pool.errors import PoolError
+from conftest import wait_until
+
+FAST = dict(heartbeat_interval=0.5, send_timeout=0.5, connect_timeout=0.5, push_timeout=2.0,
+            ack_interval=0.1, kill_timeout=0.5, min_uptime=0.5, backoff_initial=0.05,
+            shutdown_timeout=2.0)
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def channel(p, topic):
+    return next(c for c in p.status()["channels"] if c["topic"] == topic)
+
+
+def joined_conn(server, topic, exclude=()):
+    return next((c for c in server.connections if topic in c.joined and c not in exclude), None)
+
+
+@pytest.fixture
+def make_pool():
+    pools = []
+
+    def make(url, topics, **kw):
+        p = pool.Pool(url, topics=topics, **{**FAST, **kw})
+        pools.append(p)
+        assert p.wait_joined(10), p.status()
+        return p
+    yield make
+    for p in pools:
+        p.close()
+
+
+def test_pool_pushes_listens_reports_status_and_leaves_nothing_behind(server):
+    with pool.Pool(server.url, topics=["room:1", "room:2"], **FAST) as p:
+        assert p.wait_joined(10)
+        assert p.push("room:1", "echo", {"a": 1}) == {"a": 1}
+        listener = p.listen("room:2", timeout=3)
+        threading.Timer(0.3, server.broadcast, ("room:2", "news", {"n": 1})).start()
+        msg = next(listener)
+        assert (msg.topic, msg.event, msg.payload) == ("room:2", "news", {"n": 1})
+        status = p.status()
+        assert set(status["pool"]) >= {"name", "pid", "state", "uptime"}
+        assert [c["topic"] for c in status["channels"]] == ["room:1", "room:2"]
+        for ch in status["channels"]:
+            assert set(ch) >= {"topic", "state", "pid", "restarts", "last_ack_age",
+                               "last_heartbeat_age", "rss", "exit_reasons"}
+            assert ch["state"] == "RUNNING" and ch["rss"] > 0 and ch["last_ack_age"] < 1
+        pids = [status["pool"]["pid"]] + [c["pid"] for c in status["channels"]]
+        run_dir = p.config.run_dir
+    assert wait_until(lambda: not any(alive(pid) for pid in pids), 5)
+    assert not os.path.exists(run_dir)
+
+
+def test_seed_stall_heals_within_send_timeout_every_push_has_one_outcome(server, make_pool):
+    p = make_pool(server.url, ["room:1", "room:2"])
+    sup_pid = p.status()["pool"]["pid"]
+    rss_before = rss_kib(sup_pid)
+    stalled = joined_conn(server, "room:2")
+    stalled.stop_reading()
+    start = time.monotonic()
+    outcomes, errors = [], []
+
+    def producer(topic, n):
+        for i in range(n):
+            try:
+                p.push(topic, "echo", {"i": i, "blob": "x" * 20000}, timeout=3)
+                outcomes.append((topic, "ok"))
+            except (PushTimeout, Rejected, WorkerLost, pool.ReplyError) as exc:
+                outcomes.append((topic, type(exc).__name__))
+            except Exception as exc:  # noqa: BLE001 - anything else is a defect
+                errors.append(exc)
+    threads = [threading.Thread(target=producer, args=(t, 30)) for t in ("room:1", "room:2", "room:2")]
+    for t in threads:
+        t.start()
+    assert server.wait_for(lambda: joined_conn(server, "room:2", exclude=(stalled,)) is not None, 5)
+    healed = time.monotonic() - start
+    for t in threads:
+        t.join(30)
+    assert not errors and len(outcomes) == 90, "every push the pool accepted ends in one outcome"
+    assert healed < 0.5 + 1.5, f"healed after {healed:.2f}s"
+    assert all(o == "ok" for t, o in outcomes if t == "room:1"), "the other channel was untouched"
+    assert channel(p, "room:2")["restarts"] == 0, "healed inside the worker, no respawn needed"
+    assert rss_kib(sup_pid) - rss_before < 2048, "the supervisor carries no application data"
+
+
+def test_seed_stall_with_heartbeats_only_heals_on_the_heartbeat_deadline(server, make_pool):
+    p = make_pool(server.url, ["room:1"], heartbeat_interval=0.3)
+    silent = joined_conn(server, "room:1")
+    silent.stop_reading()  # nothing is pushed: only heartbeats go to the stalled peer
+    start = time.monotonic()
+    assert server.wait_for(lambda: joined_conn(server, "room:1", exclude=(silent,)) is not None, 5)
+    assert time.monotonic() - start < 0.3 + 0.3 + 1.0
+    assert p.push("room:1", "echo", {}) == {}
+
+
+def test_sigstopped_worker_is_replaced_and_its_inflight_push_ends_worker_lost(server, make_pool):
+    p = make_pool(server.url, ["room:1", "room:2"])
+    deadline = p.config.supervisor_config().ack_deadline
+    old = channel(p, "room:1")["pid"]
+    result = {}
+
+    def inflight():
+        start = time.monotonic()
+        try:
+            p.push("room:1", "noreply", {}, timeout=20)
+        except Exception as exc:  # noqa: BLE001
+            result["exc"], result["after"] = exc, time.monotonic() - start
+    t = threading.Thread(target=inflight)
+    t.start()
+    assert server.wait_for(lambda: any(m["event"] == "noreply" for _, m in server.received))
+    os.kill(old, signal.SIGSTOP)
+    start = time.monotonic()
+    assert wait_until(lambda: channel(p, "room:1")["pid"] not in (None, old)
+                      and channel(p, "room:1")["state"] == "RUNNING", deadline + 5)
+    replaced = time.monotonic() - start
+    t.join(5)
+    assert isinstance(result["exc"], WorkerLost)
+    assert result["after"] < deadline + 2, "seen at the kill, not after the push timeout"
+    assert replaced < deadline + 2
+    assert not alive(old)
+    reasons = channel(p, "room:1")["exit_reasons"]
+    assert reasons and "ack" in str(reasons[-1]) or "heartbeat" in str(reasons[-1])
+    assert channel(p, "room:2")["restarts"] == 0
+    assert p.push("room:1", "echo", {"back": 1}) == {"back": 1}
+
+
+def test_memory_error_in_a_handler_exits_with_its_own_code_and_is_replaced(server, make_pool):
+    p = make_pool(server.url, [],
+                  config={"pool": {}, "channels": [{"topic": "room:1", "handler": "handlers:exhaust_memory"},
+                                                   {"topic": "room:2"}]})
+    old = channel(p, "room:1")["pid"]
+    server.broadcast("room:1", "boom", {})
+    assert wait_until(lambda: channel(p, "room:1")["pid"] not in (None, old)
+                      and channel(p, "room:1")["state"] == "RUNNING", 10)
+    assert "MEMORY" in str(channel(p, "room:1")["exit_reasons"][-1]) or \
+        "memory" in str(channel(p, "room:1")["exit_reasons"][-1])
+    assert channel(p, "room:2")["restarts"] == 0
+
+
+def test_runaway_memory_dies_at_the_rlimit_and_only_that_worker_is_replaced(server, make_pool):
+    p = make_pool(server.url, [], memory_limit="64MiB",
+                  config={"pool": {}, "channels": [{"topic": "room:1", "handler": "handlers:grow"},
+                                                   {"topic": "room:2"}]})
+    old, sibling = channel(p, "room:1")["pid"], channel(p, "room:2")["pid"]
+    server.broadcast("room:1", "grow", {})
+    assert wait_until(lambda: channel(p, "room:1")["pid"] not in (None, old), 10)
+    assert "memory" in str(channel(p, "room:1")["exit_reasons"][-1]).lower()
+    assert channel(p, "room:2")["pid"] == sibling
+
+
+def test_unknown_topic_is_rejected(server, make_pool):
+    p = make_pool(server.url, ["room:1"])
+    with pytest.raises(Rejected, match="unknown topic"):
+        p.push("room:nope", "echo", {})
+
+
+def test_client_is_safe_across_fork(server, make_pool):
+    p = make_pool(server.url, ["room:1"])
+    client = pool.Client(p.config.run_dir)
+    assert client.push("room:1", "echo", {"who": "parent"}) == {"who": "parent"}
+    pid = os.fork()
+    if pid == 0:  # the child must not reuse the parent's socket
+        try:
+            ok = client.push("room:1", "echo", {"who": "child"}) == {"who": "child"}
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert client.push("room:1", "echo", {"who": "parent again"}) == {"who": "parent again"}
+
+
+def test_retry_lost_resends_to_the_replacement(server, make_pool):
+    p = make_pool(server.url, ["room:1"])
+    client = pool.Client(p.config.run_dir, retry_lost=1)
+    old = channel(p, "room:1")["pid"]
+    threading.Timer(0.3, os.kill, (old, signal.SIGKILL)).start()
+    start = time.monotonic()
+    with pytest.raises(PushTimeout):  # "noreply" never answers: the retry then times out
+        client.push("room:1", "noreply", {}, timeout=2.0)
+    assert time.monotonic() - start < 3.5
+    sent = [m for _, m in server.received if m["event"] == "noreply"]
+    assert len(sent) == 2, "sent once to the first worker, once to its replacement"
+
+
+def test_pool_reports_a_supervisor_that_cannot_start(tmp_path):
+    with pytest.raises(PoolError):
+        pool.Pool("ws://127.0.0.1:9/socket", topics=["room:1"], name="bad name with spaces")
