@@ -182,10 +182,16 @@ s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.settimeout(5)
 s.connect(sys.argv[1])
 data = json.dumps({"cmd": "status"}).encode()
-s.sendall(struct.pack(">I", len(data)) + data)
+try:
+    s.sendall(struct.pack(">I", len(data)) + data)
+except OSError:
+    pass                 # refused and closed before we sent: the refusal may still be readable
 buf = b""
 while True:
-    chunk = s.recv(65536)
+    try:
+        chunk = s.recv(65536)
+    except OSError:
+        chunk = b""
     if not chunk:
         break
     buf += chunk
