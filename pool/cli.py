@@ -168,6 +168,11 @@ def cmd_check_config(args):
 
 
 def cmd_demo(args):
+    try:
+        import wsproto  # noqa: F401  the demo's Phoenix test server is built on it
+    except ImportError:
+        raise UsageError("the demo needs the test server's dependency: "
+                         "pip install 'phoenix-pool[testserver]'") from None
     from .demo import main as demo_main
     return demo_main(forever=args.forever, channels=args.channels)
 
