@@ -9,6 +9,7 @@ SIGTERM if the calling thread dies (PR_SET_PDEATHSIG), and `close()` (or leaving
 block, or interpreter exit) stops it and removes the private run_dir.
 """
 import atexit
+import dataclasses
 import os
 import shutil
 import signal
@@ -51,6 +52,8 @@ class Pool:
         except Exception:
             self._remove_tmp()
             raise
+        if "log_level" not in self.config.explicit:  # a library stays quiet unless asked
+            self.config = dataclasses.replace(self.config, log_level="warning")
         self.start_timeout = start_timeout
         self.client = Client(self.config.run_dir, timeout=timeout, retry_lost=retry_lost)
         self._proc = None
