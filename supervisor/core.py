@@ -161,7 +161,7 @@ class Supervisor:
         self._stopping = False
         self._fast = False
         self._exit_code = OK
-        self._pending_signals = collections.deque()
+        self._pending_signals = collections.deque(maxlen=256)   # bounded, even under a signal flood
         self._wake_r = self._wake_w = None
         self._old_handlers = {}
         self._old_wakeup = -1
@@ -832,8 +832,7 @@ class Supervisor:
     def _check_started(self):
         if self._state != "starting" or self._stopping:
             return
-        slots = self._slots.values()
-        if slots and all(s.state == S.FATAL or s.ever_ready for s in slots):
+        if all(s.state == S.FATAL or s.ever_ready for s in self._slots.values()):
             self._state = "running"
             self._notifier.ready()
             log.info(_kv("pool_ready", pool=self.config.name, slots=len(self._slots)))

@@ -184,11 +184,16 @@ class SupProc:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-        # belt and braces: no worker may outlive a test, whatever the outcome
+        # belt and braces: no worker may outlive a test, whatever the outcome -- but only kill a
+        # pid that is still ours (its title or command line names this test's pool), never a
+        # process that reused the number
         for pid in self.worker_pids:
             try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    mine = self.name.encode() in f.read()
+                if mine:
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
                 pass
         if self._reader is not None:
             self._reader.join(5)
