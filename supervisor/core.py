@@ -421,9 +421,9 @@ class Supervisor:
                 continue
             if not poll_all and proc.sentinel not in self._ready:
                 continue
-            proc.join(0)
-            if proc.exitcode is not None:
-                self._on_exit(slot, proc.exitcode)
+            code = proc.exitcode          # multiprocess: waitpid(pid, WNOHANG), this pid only
+            if code is not None:
+                self._on_exit(slot, code)
 
     def _on_exit(self, slot, exitcode):
         now = self.clock()
