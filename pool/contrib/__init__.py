@@ -1,0 +1,1 @@
+"""Integrations with frameworks. Each sits on top of the pool: nothing in `pool` imports them."""
