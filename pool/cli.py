@@ -91,10 +91,9 @@ def health(status):
 
 
 def cmd_status(args):
-    client = _client(args)
     while True:
         try:
-            status = client.status()
+            status = _client(args).status()
         except NotRunning as exc:
             if args.check:
                 print(f"pool: not running ({exc})", file=sys.stderr)

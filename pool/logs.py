@@ -2,6 +2,7 @@
 key=value fields. The supervisor reopens FileHandler streams on SIGUSR1 (log rotation)."""
 import logging
 import sys
+from logging.handlers import WatchedFileHandler
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s"
 
@@ -10,7 +11,9 @@ def configure(level="info", log_file=None):
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    # WatchedFileHandler re-opens a file moved away by logrotate on its next line, which covers
+    # the workers (they inherit this handler across fork); SIGUSR1 re-opens the supervisor's at once
+    handler = WatchedFileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
     root.addHandler(handler)
     root.setLevel(getattr(logging, str(level).upper(), logging.INFO))

@@ -145,6 +145,7 @@ def test_stop_ends_the_pool_and_status_check_then_says_not_running(running):
     assert cli("stop", "-c", config).returncode == 0
     assert started.proc.wait(10) == 0
     assert cli("status", "-c", config, "--check").returncode == 2
+    assert cli("status", "--run-dir", "/nonexistent/pool", "--check").returncode == 2
     out = cli("push", "-c", config, "room:1", "echo")
     assert out.returncode == 7 and "not running" in out.stderr
 
