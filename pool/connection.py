@@ -85,17 +85,25 @@ def _alarm(seconds):
     def fire(signum, frame):
         raise _ConnectDeadline()
 
+    caller_delay, caller_interval = signal.getitimer(signal.ITIMER_REAL)
+    if 0 < caller_delay <= seconds:  # the caller's own alarm fires first: leave it alone
+        yield
+        return
     try:
         previous = signal.signal(signal.SIGALRM, fire)
     except ValueError:  # not in the main interpreter
         yield
         return
+    start = time.monotonic()
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if caller_delay > 0:  # give back what is left of the caller's timer
+            left = caller_delay - (time.monotonic() - start)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001), caller_interval)
 
 
 def endpoint_url(url, params=None, vsn=protocol.V2):
@@ -253,9 +261,26 @@ class Socket:
             abort_socket(sock)
             raise ConnectFailed(f"{self.safe_url}: {type(exc).__name__}: {_safe_reason(exc)}") from None
         ws.sock.settimeout(0)
+        self._limit_frame_size(ws)
         self._ws = ws
         self._reset_connection_state()
         self.stats["connects"] += 1
+
+    def _limit_frame_size(self, ws):
+        """Refuse a frame longer than max_message_size before its payload is read: websocket-client
+        reads a frame's declared length whole, so the check must sit in front of that read."""
+        buffer = getattr(ws, "frame_buffer", None)
+        recv_strict = getattr(buffer, "recv_strict", None)
+        if recv_strict is None:
+            return
+        limit = self.max_message_size
+
+        def bounded(bufsize):
+            if bufsize > limit:
+                raise websocket.WebSocketPayloadException(
+                    f"frame of {bufsize} bytes is over max_message_size={limit}")
+            return recv_strict(bufsize)
+        buffer.recv_strict = bounded
 
     def _tune(self, sock):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -300,8 +325,11 @@ class Socket:
         if ws is not None:
             self.last_lost_reason = reason
             abort_socket(ws.sock)
-            for ch in self.channels.values():
-                ch.state = ERRORED
+            for topic, ch in list(self.channels.items()):
+                if ch.state == LEAVING:  # C14/K16: a leave ends locally when it cannot be sent
+                    del self.channels[topic]
+                else:
+                    ch.state = ERRORED
 
     def _lost(self, reason):
         self.abort(reason)
@@ -382,9 +410,13 @@ class Socket:
         """Send ``phx_join``; returns the new join_ref. A topic joined before is re-joined: the
         server then closes the old instance with a ``phx_close`` carrying the old join_ref,
         which is dropped as stale (PROTOCOL.md rule 19)."""
+        if callable(payload):  # C1: params may be a callable, evaluated at each join
+            payload = payload()
         join_ref = self.refs.next()
+        text = self.serializer.encode(Message(topic, protocol.JOIN, {} if payload is None else payload,
+                                              join_ref, join_ref))
         self.channels[topic] = _Channel(topic, join_ref)
-        self.send_message(topic, protocol.JOIN, payload, join_ref=join_ref, ref=join_ref)
+        self._send_text(text)
         return join_ref
 
     def send_push(self, topic, event, payload=None, *, payload_json=None, binary=None):
@@ -459,10 +491,12 @@ class Socket:
         """Wait up to ``wait`` for the socket, read the frames available, return routed messages."""
         sock = self._ws.sock
         if not self._more_buffered:
+            poller = select.poll()  # not select(): it cannot wait on descriptors >= 1024
+            poller.register(sock, select.POLLIN)
             try:
-                ready, _, _ = select.select([sock], [], [], wait)
+                ready = poller.poll(wait * 1000)
             except (OSError, ValueError) as exc:
-                raise self._lost(f"select failed: {exc}") from None
+                raise self._lost(f"poll failed: {exc}") from None
             if not ready:
                 return []
         self._more_buffered = False
@@ -478,7 +512,9 @@ class Socket:
                 raise self._lost("send timeout (the peer stopped acknowledging; TCP_USER_TIMEOUT)") from None
             except websocket.WebSocketConnectionClosedException:
                 raise self._lost("connection closed by peer") from None
-            except (websocket.WebSocketProtocolException, websocket.WebSocketPayloadException) as exc:
+            except websocket.WebSocketPayloadException as exc:
+                raise self._lost(f"{exc}") from None
+            except websocket.WebSocketProtocolException as exc:
                 self.stats["malformed"] += 1
                 raise self._lost(f"malformed WebSocket frame: {exc}") from None
             except (OSError, ssl.SSLError, ValueError) as exc:
@@ -548,7 +584,11 @@ class Socket:
                 return msg  # e.g. "unmatched topic" replies, sent with join_ref null
             self.stats["unknown_dropped"] += 1
             return None
-        if msg.join_ref is not None and msg.join_ref != ch.join_ref:
+        stale = msg.join_ref is not None and msg.join_ref != ch.join_ref
+        if (msg.join_ref is None and msg.event in (protocol.CLOSE, protocol.ERROR)
+                and msg.ref is not None and msg.ref != ch.join_ref):
+            stale = True  # V1 sends no join_ref, but these carry it as their ref
+        if stale:
             self.stats["stale_dropped"] += 1
             log.debug("dropping outdated message topic=%s event=%s", msg.topic, msg.event)
             return None
@@ -571,13 +611,17 @@ class Socket:
             remaining = deadline - time.monotonic()
             self.service()
             wait = max(0.0, min(deadline, self.next_deadline()) - time.monotonic())
+            found = None
             for msg in self._read(wait):
-                if msg.event == protocol.REPLY and msg.ref == ref:
-                    return msg
+                if found is None and msg.event == protocol.REPLY and msg.ref == ref:
+                    found = msg
+                    continue
                 if len(self._inbox) >= self._inbox_limit:
                     self._inbox.popleft()
                     self.stats["inbox_dropped"] += 1
                 self._inbox.append(msg)
+            if found is not None:
+                return found
             if remaining <= 0:
                 return None
 

@@ -20,6 +20,7 @@ from acceptance and a push that timed out is never sent.
 import heapq
 import importlib
 import itertools
+import json
 import logging
 import os
 import select
@@ -35,11 +36,12 @@ from . import protocol
 from .backoff import FORBIDDEN_SCHEDULE, RECONNECT_SCHEDULE, REJOIN_SCHEDULE, Schedule
 from .connection import Socket
 from .errors import ConnectFailed, ConnectionLost, PoolError
-from .service import ClientConn, ClientServer
+from .service import ClientServer
 
 log = logging.getLogger("pool.worker")
 
 DOWN, JOINING, JOINED, ERRORED, CLOSED = "down", "joining", "joined", "errored", "closed"
+MAX_PUSH_TIMEOUT = 86400.0
 
 
 @dataclass
@@ -137,6 +139,7 @@ class Worker:
         self.deadlines = []  # heap of (deadline, seq, push): expiry of buffered and in-flight pushes
         self._seq = itertools.count()
         self.buffered = 0
+        self.finished_in_heap = 0
         self.next_ack = 0.0
         self.stats = {"pushes": 0, "replies_ok": 0, "replies_error": 0, "timeouts": 0,
                       "rejected": 0, "messages": 0, "handler_errors": 0, "reconnects": 0,
@@ -194,30 +197,43 @@ class Worker:
         now = time.monotonic()
         wake = min(self.next_wakeup(), self.next_ack)
         timeout = 0.0 if self.sock.wants_read() else max(0.0, wake - now)
-        rlist = list(self.ctx.wait_fds())
-        wlist = []
+        # poll(), not select(): a worker with many clients has descriptors above 1024
+        poller = select.poll()
+        objects = {}
+        for fd in self.ctx.wait_fds():
+            poller.register(fd, select.POLLIN)
         if self.sock.connected:
-            rlist.append(self.sock)
+            poller.register(self.sock.fileno(), select.POLLIN)
         if self.server is not None:
-            rlist.extend(self.server.read_fds())
-            wlist = self.server.write_fds()
+            for obj in self.server.read_fds():
+                objects[obj.fileno()] = obj
+                poller.register(obj.fileno(), select.POLLIN)
+            for conn in self.server.write_fds():
+                objects[conn.fileno()] = conn
+                poller.register(conn.fileno(), select.POLLIN | select.POLLOUT)
         try:
-            readable, writable, _ = select.select(rlist, wlist, [], timeout)
+            events = poller.poll(timeout * 1000)
         except InterruptedError:
             return
-        if self.sock.connected and (self.sock in readable or self.sock.wants_read()):
+        sock_fd = self.sock.fileno() if self.sock.connected else None
+        if self.sock.connected and (self.sock.wants_read()
+                                    or any(fd == sock_fd for fd, _ in events)):
             try:
                 self.dispatch(self.sock.poll(0))
             except ConnectionLost as exc:
                 self.on_lost(str(exc))
         if self.server is not None:
-            for obj in readable:
+            for fd, mask in events:
+                obj = objects.get(fd)
+                if obj is None:
+                    continue
                 if obj is self.server.listener:
                     self.server.accept()
-                elif isinstance(obj, ClientConn):
+                    continue
+                if mask & (select.POLLIN | select.POLLHUP | select.POLLERR) and not obj.closed:
                     self.server.on_readable(obj)
-            for conn in writable:
-                conn.flush()
+                if mask & select.POLLOUT and not obj.closed:
+                    obj.flush()
 
     def next_wakeup(self):
         times = []
@@ -260,6 +276,7 @@ class Worker:
                 if ch.state != CLOSED:
                     ch.tries = 0
                     self.join(ch)
+            self.update_state()
         except ConnectionLost as exc:
             self.on_lost(str(exc))
 
@@ -407,18 +424,30 @@ class Worker:
         while self.deadlines and self.deadlines[0][0] <= now:
             _, _, push = heapq.heappop(self.deadlines)
             if push.done:
+                self.finished_in_heap = max(0, self.finished_in_heap - 1)
                 continue
             if push.ref is not None:
                 self.inflight.pop(push.ref, None)
                 self.finish(push, "timeout", reason="no reply within the push timeout")
             else:
-                self.buffered -= 1  # still in its channel's buffer; skipped there when flushed
+                self.buffered -= 1
+                try:
+                    self.channels[push.topic].buffer.remove(push)  # <= push_buffer entries
+                except ValueError:
+                    pass
                 self.finish(push, "timeout", reason="not sent: the channel was not joined in time")
 
     def finish(self, push, outcome, response=None, reason=None):
         if push.done:
             return
         push.done = True
+        push.body = None
+        self.finished_in_heap += 1
+        if self.finished_in_heap > 64 and self.finished_in_heap * 2 > len(self.deadlines):
+            # answered pushes wait in the heap until their (client-chosen) deadline: drop them
+            self.deadlines = [entry for entry in self.deadlines if not entry[2].done]
+            heapq.heapify(self.deadlines)
+            self.finished_in_heap = 0
         key = {"ok": "replies_ok", "error": "replies_error", "timeout": "timeouts",
                "rejected": "rejected"}[outcome]
         self.stats[key] += 1
@@ -440,8 +469,17 @@ class Worker:
                 return self._bad(conn, header, "push needs string topic and event and an id")
             if timeout is None:
                 timeout = self.settings.push_timeout
-            if not isinstance(timeout, (int, float)) or timeout <= 0:
-                return self._bad(conn, header, "timeout must be a positive number")
+            if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                    or not 0 < timeout <= MAX_PUSH_TIMEOUT):
+                return self._bad(conn, header, f"timeout must be a number of seconds in "
+                                               f"(0, {MAX_PUSH_TIMEOUT}]")
+            if body:
+                # a payload that is not JSON would make the server drop the whole connection
+                # (close 1011) and every other push in flight with it: refuse it here
+                try:
+                    json.loads(body)
+                except ValueError:
+                    return self._bad(conn, header, "the push payload is not UTF-8 JSON")
             self.submit(conn, header["id"], topic, event, body, float(timeout))
         elif op == "listen":
             topic = header.get("topic")

@@ -1,7 +1,6 @@
 """Checklist items of ../shared/PROTOCOL.md that tests/test_protocol.py, test_socket.py and
-test_worker.py left uncovered, plus the bugs found while writing docs/ (each marked
-``xfail(strict=True)`` with the reason: when the bug is fixed the test passes, the strict
-xfail turns it red, and the mark should then be removed).
+test_worker.py left uncovered, plus regression tests for the bugs found while writing docs/
+(bounds, memory and input validation).
 
 docs/protocol.md maps every checklist ID to its test(s). Real sockets throughout: pool.Socket
 or a spawned worker against pool.testserver.PhoenixServer / StallListener.
@@ -180,9 +179,6 @@ def test_K16_transport_loss_does_not_revive_a_channel_the_server_closed(server, 
     assert states == {"room:1": "closed", "room:2": "joined"}
 
 
-@pytest.mark.xfail(strict=True, reason="Socket.abort() (pool/connection.py, abort) sets every "
-                   "channel to 'errored', also one that is leaving; phoenix.js triggerChanError "
-                   "skips leaving/closed channels (K16)")
 def test_K16_transport_loss_leaves_a_leaving_channel_alone(server):
     sock = joined_socket(server.url, "room:1", "room:2")
     sock.send_leave("room:1")
@@ -191,9 +187,6 @@ def test_K16_transport_loss_leaves_a_leaving_channel_alone(server):
     assert sock.channels.get("room:1") is None or sock.channels["room:1"].state == "leaving"
 
 
-@pytest.mark.xfail(strict=True, reason="Socket._await_reply (pool/connection.py) returns as soon "
-                   "as the awaited reply is found in a batch from _read() and drops the messages "
-                   "after it in that batch; join()/push()/leave() lose them")
 def test_K18_messages_read_together_with_a_reply_are_not_lost(server):
     sock = joined_socket(server.url)  # the join used ref "1": the next ref is "2"
     conn = server.connections[0]
@@ -219,9 +212,6 @@ def test_C1_join_params_are_sent_and_the_join_timeout_defaults_to_push_timeout(s
         assert 0.28 <= time.monotonic() - start < 0.8
 
 
-@pytest.mark.xfail(strict=True, reason="join params cannot be a callable: Socket.send_join "
-                   "(pool/connection.py) JSON-encodes the callable (TypeError) and leaves the "
-                   "topic registered as 'joining'; ChannelSpec.payload is literal too (C1)")
 def test_C1_callable_join_params_are_evaluated_at_each_join(server):
     counter = itertools.count(1)
     sock = Socket(server.url, **FAST)
@@ -356,9 +346,6 @@ def test_X5_unjoined_pushes_get_unmatched_topic_and_the_channel_limit_is_an_erro
             [(ref, None, "error", {"reason": "unmatched topic"})]
 
 
-@pytest.mark.xfail(strict=True, reason="V1: the server sends no join_ref, so the phx_close of "
-                   "the replaced join closes the new channel (pool/connection.py _route). Its ref "
-                   "is the old join_ref, which could be compared for phx_close/phx_error")
 def test_X1_X3_v1_duplicate_join_keeps_the_new_channel(server):
     sock = joined_socket(server.url, vsn="1.0.0")
     sock.join("room:1")
@@ -426,10 +413,6 @@ def test_rule4_no_origin_header_unless_asked():
 
 # -- bugs found while documenting (bounds and memory) ---------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="Socket.connect's SIGALRM cap (pool/connection.py _alarm) "
-                   "replaces the caller's ITIMER_REAL and sets it to 0 afterwards instead of "
-                   "restoring what is left of it (this also disarms pytest-timeout's signal "
-                   "method)")
 def test_bound_connect_keeps_the_callers_interval_timer(server):
     previous = signal.signal(signal.SIGALRM, lambda *a: None)
     try:
@@ -441,9 +424,6 @@ def test_bound_connect_keeps_the_callers_interval_timer(server):
         signal.signal(signal.SIGALRM, previous)
 
 
-@pytest.mark.xfail(strict=True, reason="Socket._read (pool/connection.py) waits with "
-                   "select.select, which raises ValueError for a descriptor >= FD_SETSIZE (1024); "
-                   "the Socket reports 'select failed' as a lost connection at every read")
 def test_bound_a_socket_with_a_descriptor_above_1024_works(server, monkeypatch):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 1200:
@@ -465,9 +445,6 @@ def test_bound_a_socket_with_a_descriptor_above_1024_works(server, monkeypatch):
     assert sock.push("room:1", "echo", {"n": 1}) == {"n": 1}
 
 
-@pytest.mark.xfail(strict=True, reason="max_message_size (pool/connection.py _assemble) is checked "
-                   "for fragmented messages only; websocket-client reads a single frame of any "
-                   "length whole before the Socket sees it")
 def test_bound_max_message_size_applies_to_a_single_frame(server):
     sock = joined_socket(server.url, max_message_size=64 * 1024)
     server.connections[0].send_raw('[null,null,"room:1","big",{"pad":"%s"}]' % ("x" * 256 * 1024))
@@ -477,9 +454,6 @@ def test_bound_max_message_size_applies_to_a_single_frame(server):
             sock.poll(0.1)
 
 
-@pytest.mark.xfail(strict=True, reason="pool/worker.py submit(): every accepted push stays in "
-                   "the deadlines heap, body included, until its timeout passes, even after its "
-                   "reply; a client-chosen timeout (any positive number) makes that unbounded")
 def test_memory_answered_pushes_are_not_kept_until_their_timeout(server, run_dir, spawn_worker):
     w = spawn(spawn_worker, settings(server.url, run_dir), [ChannelSpec("room:1")])
     w.wait_state("joined")
@@ -491,9 +465,6 @@ def test_memory_answered_pushes_are_not_kept_until_their_timeout(server, run_dir
     assert rss_mib(w.proc.pid) - before < 8, "the answered pushes' bodies are still held"
 
 
-@pytest.mark.xfail(strict=True, reason="pool/worker.py expire(): a buffered push that times out "
-                   "is only marked done; it stays in its channel's buffer deque (body included) "
-                   "until the channel joins, so push_buffer does not bound that deque")
 def test_memory_expired_buffered_pushes_do_not_pile_up_while_unjoined(server, run_dir,
                                                                       spawn_worker):
     server.faults.reject_joins = True
@@ -510,9 +481,6 @@ def test_memory_expired_buffered_pushes_do_not_pile_up_while_unjoined(server, ru
     assert rss_mib(w.proc.pid) - before < 8, "the expired pushes' bodies are still held"
 
 
-@pytest.mark.xfail(strict=True, reason="pool/worker.py connect(): with every channel closed by "
-                   "the server, a reconnect joins nothing and never calls update_state(), so the "
-                   "connected worker reports 'connecting' (not 'degraded') until it stops")
 def test_state_a_reconnected_worker_with_only_closed_channels_is_degraded(server, run_dir,
                                                                           spawn_worker):
     w = spawn(spawn_worker, settings(server.url, run_dir), [ChannelSpec("room:1")])
@@ -532,9 +500,6 @@ def _raw_push(path, header, body):
     return sock
 
 
-@pytest.mark.xfail(strict=True, reason="pool/worker.py handle_request() accepts a NaN timeout "
-                   "(JSON NaN passes `timeout <= 0`): the NaN deadline in the heap stops expire() "
-                   "for every push and makes the loop's select timeout 0 (a busy loop)")
 def test_worker_input_a_nan_timeout_is_refused(server, run_dir, spawn_worker):
     w = spawn(spawn_worker, settings(server.url, run_dir), [ChannelSpec("room:1")])
     w.wait_state("joined")
@@ -549,9 +514,6 @@ def test_worker_input_a_nan_timeout_is_refused(server, run_dir, spawn_worker):
     assert head is not None and head["op"] == "error"
 
 
-@pytest.mark.xfail(strict=True, reason="pool/worker.py send_push() catches only ConnectionLost; "
-                   "a push body that is not UTF-8 raises UnicodeDecodeError in Socket.send_message "
-                   "(pool/connection.py) and the worker process dies with it")
 def test_worker_input_a_body_that_is_not_utf8_is_refused_and_the_worker_lives(server, run_dir,
                                                                              spawn_worker):
     w = spawn(spawn_worker, settings(server.url, run_dir), [ChannelSpec("room:1")])
