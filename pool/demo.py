@@ -95,7 +95,7 @@ def heartbeat_scene(server, pool, topic, interval):
     return healed
 
 
-def sigstop_scene(pool, topic, ack_deadline):
+def sigstop_scene(pool, topic, ack_deadline, log_file):
     old = _channel(pool, topic)["pid"]
     say(f"\n[3] SIGSTOP to {topic}'s worker (pid {old}): it can no longer run any check itself")
     os.kill(old, signal.SIGSTOP)
@@ -113,6 +113,10 @@ def sigstop_scene(pool, topic, ack_deadline):
             reason = reason.get("reason")
         say(f"    replaced in {elapsed:.1f}s: no ack for ack_deadline={ack_deadline:g}s, killed "
             f"({reason}), new worker pid {ch['pid']} joined")
+        with open(log_file) as fh:
+            dumped = "most recent call first" in fh.read()
+        if dumped:
+            say(f"    the stuck worker's Python stack was dumped to {log_file} before the kill")
     else:
         say(f"    NOT replaced after {elapsed:.1f}s")
     return healed
@@ -137,7 +141,7 @@ def main(forever=False, channels=8):
             results = [
                 stall_scene(server, pool, topics[2], SETTINGS["send_timeout"]),
                 heartbeat_scene(server, pool, topics[3], SETTINGS["heartbeat_interval"]),
-                sigstop_scene(pool, topics[4], pool.config.supervisor_config().ack_deadline),
+                sigstop_scene(pool, topics[4], pool.config.supervisor_config().ack_deadline, log_file),
             ]
             pool.wait_joined(10)
             ok = sum(1 for t in topics if _push_ok(pool, t))

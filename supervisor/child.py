@@ -225,10 +225,22 @@ def _set_rlimits(config):
         pass
 
 
+def _log_file_stream():
+    """The stream of the root logger's file handler, if the process logs to a file."""
+    import logging
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and handler.stream is not None:
+            return handler.stream
+    return None
+
+
 def _register_faulthandler():
-    """Stacks go to stderr (the log). A worker without a usable sys.stderr falls back to fd 2;
-    without that it runs on with the dump signal ignored rather than killed by it."""
-    for out in (sys.stderr, 2):
+    """Stacks go to the log: the root logger's log file if there is one, else stderr. A worker
+    without a usable sys.stderr falls back to fd 2; without that it runs on with the dump
+    signal ignored rather than killed by it."""
+    for out in (_log_file_stream(), sys.stderr, 2):
+        if out is None:
+            continue
         try:
             faulthandler.register(DUMP_SIGNAL, file=out, all_threads=True, chain=False)
             faulthandler.enable(file=out, all_threads=True)

@@ -360,10 +360,12 @@ class Supervisor:
         return min(ds)
 
     def _heartbeat_deadline(self, slot):
+        """Judged on the age the worker reported in its last ack, never extrapolated: when the
+        acks themselves stop, the ack deadline decides, and the exit reason says so."""
         lim = self.config.heartbeat_limit
         if lim is None or not slot.ready or slot.heartbeat_age is None:
             return None
-        return slot.heartbeat_at + (lim - slot.heartbeat_age)
+        return slot.heartbeat_at if slot.heartbeat_age > lim else None
 
     # ================================================================== 1. signals
     def _handle_signals(self):
@@ -578,7 +580,7 @@ class Supervisor:
             hb = self._heartbeat_deadline(slot)
             if hb is not None and now >= hb:
                 self._start_kill(slot, reasons.HEARTBEAT_STALE, silent, now,
-                                 heartbeat_age=slot.heartbeat_age + (now - slot.heartbeat_at))
+                                 heartbeat_age=slot.heartbeat_age)
 
     def _start_kill(self, slot, reason, silent, now, heartbeat_age=None):
         wchan = procinfo.wchan(slot.pid)

@@ -30,8 +30,8 @@ def liveness(request):
 
 def test_wedged_workers_are_killed_and_replaced(supervise, liveness, tmp_path):  # noqa: F811
     ack_deadline, kill_timeout, boot_timeout, heartbeat_limit = 1.0, 0.5, 1.5, 1.5
-    # heartbeat_limit > ack_deadline + the healthy heartbeat age (0.1): a wedged worker that was
-    # ready would otherwise be caught as "heartbeat stale" (its age is extrapolated) first
+    # the heartbeat check judges the age a worker reports in its acks; a worker whose acks stop
+    # is an "ack timeout", whatever its last reported heartbeat age was
     sweep = 0.0 if liveness == "pipe" else min(0.5, 0.1)
 
     def once(name):
