@@ -361,27 +361,34 @@ class Socket:
         """Write all of ``data`` within ``timeout`` seconds in total, or abort the connection."""
         if self._ws is None:
             raise ConnectionLost("not connected")
-        sock = self._ws.sock
+        sock = self._ws.sock  # non-blocking (timeout 0) between calls
         view = memoryview(data)
         deadline = time.monotonic() + timeout
+        poller = None
         try:
             while view:
+                try:
+                    sent = sock.send(view)  # the usual case: the kernel takes it at once
+                    view = view[sent:]
+                    continue
+                except (BlockingIOError, ssl.SSLWantWriteError):
+                    events = select.POLLOUT
+                except ssl.SSLWantReadError:
+                    events = select.POLLIN
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise socket.timeout()
-                sock.settimeout(remaining)
-                sent = sock.send(view)
-                view = view[sent:]
-        except (socket.timeout, TimeoutError, ssl.SSLWantWriteError):
+                if poller is None:
+                    poller = select.poll()
+                poller.register(sock, events)  # register again = modify
+                poller.poll(remaining * 1000)
+        except (socket.timeout, TimeoutError):
             self.abort("send timeout")
             log.warning("send timeout url=%s send_timeout=%s", self.safe_url, timeout)
             raise SendTimeout(f"a frame could not be sent within send_timeout={timeout:g}s; "
                               "the connection was discarded") from None
         except (OSError, ValueError) as exc:
             raise self._lost(f"send failed: {type(exc).__name__}: {_safe_reason(exc)}") from None
-        finally:
-            if self._ws is not None:
-                sock.settimeout(0)
         self.stats["frames_out"] += 1
 
     def _send_text(self, text):
@@ -465,12 +472,16 @@ class Socket:
         elif now >= self._hb_next_at:
             self._send_heartbeat()
 
-    def poll(self, timeout=0.0):
+    def poll(self, timeout=0.0, readable=False):
         """Wait up to ``timeout`` seconds for inbound messages and return them (possibly none).
 
         Services the heartbeat meanwhile. Replies to our own pushes are returned too
         (``event == "phx_reply"``); heartbeat replies and stale messages are not.
+        ``readable=True`` says the caller's own poll just found the socket readable (the
+        first read then skips waiting).
         """
+        if readable:
+            self._more_buffered = True
         deadline = time.monotonic() + max(0.0, timeout)
         out = []
         while self._inbox:

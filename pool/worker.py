@@ -141,6 +141,8 @@ class Worker:
         self.buffered = 0
         self.finished_in_heap = 0
         self.next_ack = 0.0
+        self.ctx_fired = True
+        self.next_parent_check = 0.0
         self.stats = {"pushes": 0, "replies_ok": 0, "replies_error": 0, "timeouts": 0,
                       "rejected": 0, "messages": 0, "handler_errors": 0, "reconnects": 0,
                       "rejoins": 0, "lost": 0}
@@ -162,10 +164,15 @@ class Worker:
                 if self.ctx.stop_requested:
                     self.shutdown()
                     return 0
-                if not self.ctx.parent_alive():
-                    log.warning("supervisor gone, exiting topic=%s", self.label)
-                    return exitcodes.LOST_PARENT
                 now = time.monotonic()
+                # the parent check costs syscalls: run it when the context's fds fired, and
+                # at least once per ack interval
+                if self.ctx_fired or now >= self.next_parent_check:
+                    self.ctx_fired = False
+                    self.next_parent_check = now + self.ctx.ack_interval
+                    if not self.ctx.parent_alive():
+                        log.warning("supervisor gone, exiting topic=%s", self.label)
+                        return exitcodes.LOST_PARENT
                 self.step(now)
                 self.expire(time.monotonic())
                 self.ack()
@@ -200,7 +207,8 @@ class Worker:
         # poll(), not select(): a worker with many clients has descriptors above 1024
         poller = select.poll()
         objects = {}
-        for fd in self.ctx.wait_fds():
+        ctx_fds = self.ctx.wait_fds()
+        for fd in ctx_fds:
             poller.register(fd, select.POLLIN)
         if self.sock.connected:
             poller.register(self.sock.fileno(), select.POLLIN)
@@ -216,10 +224,15 @@ class Worker:
         except InterruptedError:
             return
         sock_fd = self.sock.fileno() if self.sock.connected else None
-        if self.sock.connected and (self.sock.wants_read()
-                                    or any(fd == sock_fd for fd, _ in events)):
+        sock_ready = False
+        for fd, _ in events:
+            if fd == sock_fd:
+                sock_ready = True
+            elif fd in ctx_fds:
+                self.ctx_fired = True
+        if self.sock.connected and (sock_ready or self.sock.wants_read()):
             try:
-                self.dispatch(self.sock.poll(0))
+                self.dispatch(self.sock.poll(0, readable=sock_ready))
             except ConnectionLost as exc:
                 self.on_lost(str(exc))
         if self.server is not None:

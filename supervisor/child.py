@@ -142,11 +142,12 @@ class WorkerContext:
     @property
     def stop_requested(self):
         """True once the supervisor asked for a graceful stop (SIGTERM). Drains the wakeup pipe."""
-        try:
-            while os.read(self._stop_r, 512):
+        if self._stop:  # the handler sets the flag before it pokes the pipe: nothing to drain else
+            try:
+                while os.read(self._stop_r, 512):
+                    pass
+            except (BlockingIOError, OSError):
                 pass
-        except (BlockingIOError, OSError):
-            pass
         return self._stop
 
     def parent_alive(self):
