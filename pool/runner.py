@@ -9,10 +9,8 @@ def run_supervisor(cfg, config_path=None):
 
     With ``config_path``, SIGHUP and ``pool reload`` re-read that file: channels added or
     removed are started or stopped, changed ones restarted, the others left alone."""
-    reload = None
-    if config_path is not None:
+    def reload_specs():
         from .config import load_config
-
-        def reload():
-            return load_config(path=config_path, run_dir=cfg.run_dir).worker_specs()
-    return Supervisor(cfg.supervisor_config(), cfg.worker_specs(), reload=reload).run()
+        return load_config(path=config_path, run_dir=cfg.run_dir).worker_specs()
+    return Supervisor(cfg.supervisor_config(), cfg.worker_specs(),
+                      reload=reload_specs if config_path is not None else None).run()

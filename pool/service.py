@@ -28,24 +28,29 @@ def peer_uid(sock):
 
 
 def listen_unix(path, mode=0o600, group=None, backlog=128):
-    """A non-blocking listening unix socket at ``path`` with ``mode`` (replacing a stale file)."""
+    """A non-blocking listening unix socket at ``path`` with ``mode`` (replacing a stale file).
+
+    The socket is bound under a temporary name and renamed into place once it listens, so a
+    client never finds a file at ``path`` that refuses connections."""
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        os.unlink(path)
+        os.unlink(tmp)
     except FileNotFoundError:
         pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o777 & ~mode)
     try:
-        sock.bind(path)
+        sock.bind(tmp)
     finally:
         os.umask(old)
     if group is not None:
         import grp
         gid = group if isinstance(group, int) else grp.getgrnam(group).gr_gid
-        os.chown(path, -1, gid)
-    os.chmod(path, mode)
+        os.chown(tmp, -1, gid)
+    os.chmod(tmp, mode)
     sock.listen(backlog)
     sock.setblocking(False)
+    os.rename(tmp, path)  # atomic: replaces a stale socket file too
     return sock
 
 

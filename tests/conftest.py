@@ -13,6 +13,32 @@ from pool.workerclient import WorkerConnection
 SPAWN = mp.get_context("spawn")  # the test process runs server threads: never fork it
 
 
+def alive(pid):
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def rss_kib(pid):
+    """Current resident memory of ``pid`` in KiB (/proc/PID/statm, never ru_maxrss)."""
+    with open(f"/proc/{pid}/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def worker_settings(url, run_dir, **kw):
+    """WorkerSettings with test-sized timings (tenths of a second) and a socket in run_dir."""
+    from pool.worker import WorkerSettings
+    base = dict(url=url, socket_path=os.path.join(run_dir, "w.sock"), heartbeat_interval=0.3,
+                send_timeout=0.5, connect_timeout=0.5, push_timeout=1.0,
+                reconnect_schedule=(0.01, 0.05, 0.1), rejoin_schedule=(0.05, 0.1, 0.2),
+                forbidden_schedule=(0.3,))
+    base.update(kw)
+    return WorkerSettings(**base)
+
+
 def wait_until(predicate, timeout=5.0, interval=0.01):
     """Poll ``predicate`` until it is truthy; returns its last value (falsy on timeout)."""
     deadline = time.monotonic() + timeout

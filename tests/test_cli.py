@@ -1,7 +1,6 @@
 """The `pool` command: `pool start` in the foreground, status, push exit codes, listen, reload,
 bad input, SIGKILL of the supervisor, one supervisor per run_dir."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,8 +9,7 @@ import time
 import pytest
 
 from pool import Client
-from pool.errors import NotRunning
-from conftest import wait_until
+from conftest import alive, wait_until
 
 FAST = """
 heartbeat_interval = 0.5
@@ -35,14 +33,6 @@ def write_config(path, url, run_dir, topics, extra=""):
 def cli(*args, timeout=30, env=None):
     return subprocess.run([sys.executable, "-m", "pool", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 class Started:

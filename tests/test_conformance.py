@@ -20,8 +20,8 @@ from pool import ConnectFailed, ConnectionLost, JoinTimeout, PushTimeout, ReplyE
 from pool import framing
 from pool.backoff import FORBIDDEN_SCHEDULE, RECONNECT_SCHEDULE, REJOIN_SCHEDULE, Schedule
 from pool.testserver import PhoenixServer, StallListener
-from pool.worker import ChannelSpec, WorkerSettings
-from conftest import wait_until
+from pool.worker import ChannelSpec
+from conftest import wait_until, worker_settings
 
 FAST = dict(heartbeat_interval=30, send_timeout=0.5, connect_timeout=0.5, push_timeout=0.5)
 
@@ -35,12 +35,7 @@ def joined_socket(url, *topics, **kw):
 
 
 def settings(url, run_dir, **kw):
-    base = dict(url=url, socket_path=os.path.join(run_dir, "w.sock"), heartbeat_interval=30,
-                send_timeout=0.5, connect_timeout=0.5, push_timeout=1.0,
-                reconnect_schedule=(0.01, 0.05, 0.1), rejoin_schedule=(0.05, 0.1, 0.2),
-                forbidden_schedule=(0.3,))
-    base.update(kw)
-    return WorkerSettings(**base)
+    return worker_settings(url, run_dir, **{"heartbeat_interval": 30, **kw})
 
 
 def received(server, event=None, conn_id=None):
@@ -67,23 +62,8 @@ def pipeline(path, pushes):
 
 
 def spawn(spawn_worker, s, channels):
-    """spawn_worker, then wait until the worker accepts connections: its socket file appears at
-    bind(), a moment before listen() (pool/service.py listen_unix), and a connect in between is
-    refused."""
-    w = spawn_worker(s, channels)
-    assert wait_until(lambda: _accepts(w.path), 5), "the worker never listened"
-    return w
-
-
-def _accepts(path):
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
+    """spawn_worker; its socket file appears only once it listens (pool/service.py listen_unix)."""
+    return spawn_worker(s, channels)
 
 
 def rss_mib(pid):

@@ -13,24 +13,11 @@ import pytest
 import pool
 from pool import PushTimeout, Rejected, WorkerLost
 from pool.errors import PoolError
-from conftest import wait_until
+from conftest import alive, rss_kib, wait_until
 
 FAST = dict(heartbeat_interval=0.5, send_timeout=0.5, connect_timeout=0.5, push_timeout=2.0,
             ack_interval=0.1, kill_timeout=0.5, min_uptime=0.5, backoff_initial=0.05,
             shutdown_timeout=2.0)
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def channel(p, topic):

@@ -13,24 +13,13 @@ import pytest
 
 from pool import framing
 from pool.errors import PushTimeout, Rejected, ReplyError, WorkerLost
-from pool.worker import ChannelSpec, WorkerSettings
+from pool.worker import ChannelSpec
 from pool.workerclient import WorkerConnection
 from pool.testserver import StallListener
-from conftest import wait_until
+from conftest import rss_kib, wait_until, worker_settings
 
 
-def settings(url, run_dir, **kw):
-    base = dict(url=url, socket_path=os.path.join(run_dir, "w.sock"), heartbeat_interval=0.3,
-                send_timeout=0.5, connect_timeout=0.5, push_timeout=1.0,
-                reconnect_schedule=(0.01, 0.05, 0.1), rejoin_schedule=(0.05, 0.1, 0.2),
-                forbidden_schedule=(0.3,))
-    base.update(kw)
-    return WorkerSettings(**base)
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+settings = worker_settings
 
 
 def pipeline(path, pushes):
