@@ -35,13 +35,33 @@ def _joined_conn(server, topic, exclude=()):
     return None
 
 
-def _wait(predicate, timeout):
-    deadline = time.monotonic() + timeout
+def _wait(predicate, timeout, pool=None, topic=None):
+    """Wait for ``predicate``; meanwhile show ``topic``'s live state every half second."""
+    start = time.monotonic()
+    deadline = start + timeout
+    next_line = start + 0.5
+    last = None
     while time.monotonic() < deadline:
         if predicate():
             return True
+        if pool is not None and time.monotonic() >= next_line:
+            next_line += 0.5
+            line = _live_line(pool, topic)
+            if line != last:
+                say(f"    {time.monotonic() - start:4.1f}s  {line}")
+                last = line
         time.sleep(0.05)
     return False
+
+
+def _live_line(pool, topic):
+    try:
+        ch = _channel(pool, topic)
+    except (KeyError, PoolError):
+        return "status unavailable"
+    return (f"{topic}: {ch['state']}/{ch.get('worker_state') or '-'}  pid {ch['pid']}  "
+            f"last ack {ch['last_ack_age'] if ch['last_ack_age'] is not None else '-'}s ago  "
+            f"restarts {ch['restarts']}")
 
 
 def _channel(pool, topic):
@@ -67,7 +87,7 @@ def stall_scene(server, pool, topic, send_timeout):
                 outcomes.append(type(exc).__name__)
     thread = threading.Thread(target=producer, daemon=True)
     thread.start()
-    healed = _wait(lambda: _joined_conn(server, topic, exclude=(conn,)) is not None, 20)
+    healed = _wait(lambda: _joined_conn(server, topic, exclude=(conn,)) is not None, 20, pool, topic)
     elapsed = time.monotonic() - start
     thread.join(10)
     if healed:
@@ -85,7 +105,7 @@ def heartbeat_scene(server, pool, topic, interval):
     conn = _joined_conn(server, topic)
     conn.faults.drop_heartbeats = True
     start = time.monotonic()
-    healed = _wait(lambda: _joined_conn(server, topic, exclude=(conn,)) is not None, 20)
+    healed = _wait(lambda: _joined_conn(server, topic, exclude=(conn,)) is not None, 20, pool, topic)
     elapsed = time.monotonic() - start
     if healed:
         say(f"    healed in {elapsed:.1f}s: no heartbeat reply within heartbeat_timeout={interval:g}s, "
@@ -104,7 +124,7 @@ def sigstop_scene(pool, topic, ack_deadline, log_file):
     def replaced():
         ch = _channel(pool, topic)
         return ch["pid"] not in (None, old) and ch["state"] == "RUNNING"
-    healed = _wait(replaced, ack_deadline + 20)
+    healed = _wait(replaced, ack_deadline + 20, pool, topic)
     elapsed = time.monotonic() - start
     if healed:
         ch = _channel(pool, topic)

@@ -201,3 +201,14 @@ def test_titles_show_each_role(running):
     titles = [l for l in out.splitlines() if "[clitest]" in l]
     assert any("pool: supervisor [clitest]" in l for l in titles), titles
     assert any("pool: worker [clitest] room:1 joined" in l for l in titles), titles
+
+
+def test_status_watch_refreshes_until_interrupted(running):
+    config, _ = running
+    proc = subprocess.Popen([sys.executable, "-m", "pool", "status", "-c", config, "--watch",
+                             "--interval", "0.1"], stdout=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    assert out.count("TOPIC") >= 3, out
