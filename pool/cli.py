@@ -24,6 +24,10 @@ class UsageError(Exception):
 
 
 def _config(args):
+    # embedders (the Django command) set args.load_config to build the config their own way
+    loader = getattr(args, "load_config", None)
+    if loader is not None:
+        return loader(args)
     from .config import load_config
     path = args.config or os.environ.get("POOL_CONFIG")
     if not path:
@@ -44,6 +48,9 @@ def cmd_start(args):
     from .runner import run_supervisor
     cfg = _config(args)
     logs.configure(args.log_level or cfg.log_level, args.log_file or cfg.log_file)
+    before_fork = getattr(args, "before_fork", None)  # e.g. Django: close DB connections
+    if before_fork is not None:
+        before_fork(cfg)
     try:
         return run_supervisor(cfg, config_path=cfg.source)
     except AlreadyRunning as exc:
@@ -161,7 +168,8 @@ def cmd_listen(args):
 def cmd_check_config(args):
     cfg = _config(args)
     sup = cfg.supervisor_config()
-    print(f"{cfg.source}: ok — pool {cfg.name!r}, {len(cfg.channels)} channel(s), run_dir {cfg.run_dir}, "
+    label = cfg.source or getattr(args, "config_label", "config")
+    print(f"{label}: ok — pool {cfg.name!r}, {len(cfg.channels)} channel(s), run_dir {cfg.run_dir}, "
           f"ack_deadline {sup.ack_deadline:g}s, liveness {sup.liveness}")
     return EXIT_OK
 
@@ -226,6 +234,11 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    return run_command(args)
+
+
+def run_command(args):
+    """Run a parsed command; errors become a message on stderr and the documented exit code."""
     try:
         return args.func(args)
     except (ConfigError, UsageError) as exc:

@@ -203,7 +203,7 @@ def test_pool_stop_through_manage_py_stops_the_supervisor(tmp_path):
             shutil.rmtree(proj.run_dir)
             out, check = manage_many([(["pool", "status"], None),
                                       (["pool", "status", "--check"], None)], proj.env)
-            assert out.returncode == 7 and "does not exist" in out.stderr, out.stderr
+            assert out.returncode == 7 and "not running" in out.stderr, out.stderr
             assert check.returncode == 2 and "not running" in check.stderr, check.stderr
         finally:
             proj.stop()

@@ -11,13 +11,11 @@ Exit codes are pool.cli's (e.g. push: 3 error reply, 4 timeout, 5 rejected, 6 wo
 """
 import argparse
 import contextlib
-import os
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
 from pool import cli as pool_cli
-from pool.errors import ConfigError, NotRunning, PoolError
 
 COMMANDS = ("start", "status", "stop", "reload", "push", "listen", "check-config")
 
@@ -67,33 +65,11 @@ class Command(BaseCommand):
     # -- the same outcomes and exit codes as pool.cli.main ---------------------------------
 
     def run_pool_command(self, name, args):
-        try:
-            if name == "start":
-                return self.start(args, self.config(args))
-            if name == "check-config":
-                return self.check_config(args, self.config(args))
-            if not getattr(args, "run_dir", None):
-                args.run_dir = self.config(args).run_dir
-                if not os.path.isdir(args.run_dir):
-                    reason = (f"run_dir {args.run_dir} does not exist; start the pool with "
-                              f"'manage.py pool start'")
-                    if name == "status" and getattr(args, "check", False):
-                        print(f"pool: not running ({reason})", file=sys.stderr)
-                        return pool_cli.EXIT_USAGE  # as pool status --check: 2 = not running
-                    raise NotRunning(reason)
-            args.config = None
-            return args.func(args)
-        except (ConfigError, pool_cli.UsageError) as exc:
-            print(f"pool: {exc}", file=sys.stderr)
-            return pool_cli.EXIT_USAGE
-        except NotRunning as exc:
-            print(f"pool: not running: {exc}", file=sys.stderr)
-            return pool_cli.EXIT_NOT_RUNNING
-        except KeyboardInterrupt:
-            return 130
-        except PoolError as exc:
-            print(f"pool: {exc}", file=sys.stderr)
-            return pool_cli.EXIT_FAIL
+        """The `pool` CLI's own command functions, fed the config from the Django settings."""
+        args.load_config = self.config
+        args.before_fork = self.before_fork
+        args.config_label = "settings.POOL"
+        return pool_cli.run_command(args)
 
     @staticmethod
     def config(args):
@@ -103,18 +79,15 @@ class Command(BaseCommand):
         from pool.contrib.django import conf
         return conf.load()
 
-    def start(self, args, cfg):
+    @staticmethod
+    def before_fork(cfg):
+        """Run by `pool start` in the supervisor before it forks the workers."""
         import logging
 
         from django.db import connections
-        from supervisor.errors import AlreadyRunning
 
-        from pool import logs
-        from pool.runner import run_supervisor
         from pool.worker import resolve_handler
 
-        logs.configure(getattr(args, "log_level", None) or cfg.log_level,
-                       getattr(args, "log_file", None) or cfg.log_file)
         for ch in cfg.channels:
             # Import handler modules here, before the fork, so every worker starts warm. One that
             # fails is left to its worker: a boot failure is a crash of that channel only.
@@ -128,16 +101,3 @@ class Command(BaseCommand):
         # Workers are forked from this process: a database connection open here would be shared
         # by all of them. Close every one; each worker opens its own on first use.
         connections.close_all()
-        try:
-            return run_supervisor(cfg, config_path=cfg.source)
-        except AlreadyRunning as exc:
-            print(f"pool: {exc}", file=sys.stderr)
-            return pool_cli.EXIT_FAIL
-
-    @staticmethod
-    def check_config(args, cfg):
-        sup = cfg.supervisor_config()
-        print(f"{cfg.source or 'settings.POOL'}: ok — pool {cfg.name!r}, {len(cfg.channels)} "
-              f"channel(s), run_dir {cfg.run_dir}, ack_deadline {sup.ack_deadline:g}s, "
-              f"liveness {sup.liveness}")
-        return pool_cli.EXIT_OK
