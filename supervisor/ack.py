@@ -77,7 +77,19 @@ def decode(data):
 
 # ---------------------------------------------------------------- pipe transport
 
-class PipeAckReader:
+class _FdReader:
+    """Owns one file descriptor (``self.fd``) and closes it once."""
+
+    def close(self):
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+
+
+class PipeAckReader(_FdReader):
     """Supervisor side of an ack pipe: bounded reads, keeps only the newest complete record."""
 
     kind = "pipe"
@@ -119,14 +131,6 @@ class PipeAckReader:
             self._partial = b""
             self._discarding = True
         return got, newest
-
-    def close(self):
-        if self.fd is not None:
-            try:
-                os.close(self.fd)
-            except OSError:
-                pass
-            self.fd = None
 
 
 class PipeAckWriter:
@@ -205,7 +209,7 @@ def decode_file_record(data):
     return seq, payload
 
 
-class FileAckReader:
+class FileAckReader(_FdReader):
     """Supervisor side of an ack file. ``read()`` detects a change since the last sweep."""
 
     kind = "file"
@@ -242,14 +246,6 @@ class FileAckReader:
             changed = True
         self._last_times = times
         return changed, newest
-
-    def close(self):
-        if self.fd is not None:
-            try:
-                os.close(self.fd)
-            except OSError:
-                pass
-            self.fd = None
 
 
 class FileAckWriter:

@@ -49,6 +49,27 @@ def wait_until(predicate, timeout=5.0, interval=0.01):
         time.sleep(interval)
 
 
+def pipeline(path, pushes):
+    """Send several push frames at once on one worker connection (topic, event, timeout each);
+    return their outcome headers in send order."""
+    import socket
+    from pool import framing
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    try:
+        for i, (topic, event, timeout) in enumerate(pushes):
+            sock.sendall(framing.encode({"op": "push", "id": i, "topic": topic, "event": event,
+                                         "timeout": timeout}, b'{"n":%d}' % i))
+        reader, out = framing.Reader(), {}
+        deadline = time.monotonic() + 10
+        while len(out) < len(pushes):
+            head, _ = framing.recv_frame(sock, reader, deadline)
+            out[head["id"]] = head
+        return [out[i] for i in range(len(pushes))]
+    finally:
+        sock.close()
+
+
 @pytest.fixture
 def server():
     with PhoenixServer() as srv:

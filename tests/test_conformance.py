@@ -21,7 +21,7 @@ from pool import framing
 from pool.backoff import FORBIDDEN_SCHEDULE, RECONNECT_SCHEDULE, REJOIN_SCHEDULE, Schedule
 from pool.testserver import PhoenixServer, StallListener
 from pool.worker import ChannelSpec
-from conftest import wait_until, worker_settings
+from conftest import pipeline, wait_until, worker_settings
 
 FAST = dict(heartbeat_interval=30, send_timeout=0.5, connect_timeout=0.5, push_timeout=0.5)
 
@@ -41,24 +41,6 @@ def settings(url, run_dir, **kw):
 def received(server, event=None, conn_id=None):
     return [m for cid, m in server.received
             if (event is None or m["event"] == event) and (conn_id is None or cid == conn_id)]
-
-
-def pipeline(path, pushes):
-    """Send several push frames at once on one unix connection; return the outcome headers."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(path)
-    try:
-        for i, (topic, event, timeout) in enumerate(pushes):
-            sock.sendall(framing.encode({"op": "push", "id": i, "topic": topic, "event": event,
-                                         "timeout": timeout}, b'{"n":%d}' % i))
-        reader, out = framing.Reader(), {}
-        deadline = time.monotonic() + 5
-        while len(out) < len(pushes):
-            head, _ = framing.recv_frame(sock, reader, deadline)
-            out[head["id"]] = head
-        return [out[i] for i in range(len(pushes))]
-    finally:
-        sock.close()
 
 
 def spawn(spawn_worker, s, channels):

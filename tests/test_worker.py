@@ -16,26 +16,10 @@ from pool.errors import PushTimeout, Rejected, ReplyError, WorkerLost
 from pool.worker import ChannelSpec
 from pool.workerclient import WorkerConnection
 from pool.testserver import StallListener
-from conftest import rss_kib, wait_until, worker_settings
+from conftest import pipeline, rss_kib, wait_until, worker_settings
 
 
 settings = worker_settings
-
-
-def pipeline(path, pushes):
-    """Send several push frames at once on one connection; return their outcome headers in id order."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(path)
-    for i, (topic, event, timeout) in enumerate(pushes):
-        sock.sendall(framing.encode({"op": "push", "id": i, "topic": topic, "event": event,
-                                     "timeout": timeout}, b'{"n":%d}' % i))
-    reader, out = framing.Reader(), {}
-    deadline = time.monotonic() + 10
-    while len(out) < len(pushes):
-        head, _ = framing.recv_frame(sock, reader, deadline)
-        out[head["id"]] = head
-    sock.close()
-    return [out[i] for i in range(len(pushes))]
 
 
 def test_push_outcomes_ok_error_timeout_rejected(server, run_dir, spawn_worker):
