@@ -132,6 +132,10 @@ class Worker:
         self.rejoin = Schedule(s.rejoin_schedule)
         self.forbidden = Schedule(s.forbidden_schedule)
         self.connect_tries = 0
+        self.connected_at = 0.0
+        # a connection that drops sooner than this (e.g. a server that accepts the upgrade and
+        # closes at once) keeps climbing the reconnect schedule instead of retrying every 10 ms
+        self.stable_after = min(s.heartbeat_interval, 5.0)
         self.reconnect_at = 0.0
         self.state = None
         self.forbidden_status = False
@@ -282,7 +286,7 @@ class Worker:
             self.set_state("forbidden" if self.forbidden_status else "backoff")
             return
         self.forbidden_status = False
-        self.connect_tries = 0
+        self.connected_at = time.monotonic()  # the backoff resets only once this proves stable
         log.info("connected topic=%s url=%s", self.label, self.sock.safe_url)
         try:
             for ch in self.channels.values():
@@ -323,6 +327,8 @@ class Worker:
         for push in list(self.inflight.values()):
             self.finish(push, "timeout", reason=f"connection lost before the reply ({reason})")
         self.inflight.clear()
+        if time.monotonic() - self.connected_at >= self.stable_after:
+            self.connect_tries = 0  # it had worked for a while: start the schedule over
         self.connect_tries += 1
         self.stats["reconnects"] += 1
         delay = self.reconnect.delay(self.connect_tries)

@@ -257,3 +257,21 @@ def test_bad_requests_get_an_error_reply_and_the_worker_lives(server, run_dir, s
     assert head["op"] == "error" and "bad frame" in head["error"]
     raw.close()
     assert w.client.push("room:1", "echo", {"alive": 1}) == {"alive": 1}
+
+
+def test_a_server_that_drops_every_connection_at_once_is_retried_on_a_growing_schedule(
+        server, run_dir, spawn_worker):
+    w = spawn_worker(settings(server.url, run_dir, heartbeat_interval=5,
+                              reconnect_schedule=(0.01, 0.1, 0.4)), [ChannelSpec("room:1")])
+    w.wait_state("joined")
+    server.faults.reject_joins = True  # keep new connections from looking healthy
+
+    def drop_all():
+        for conn in server.connections:
+            conn.abort()
+    stop = time.monotonic() + 1.5
+    while time.monotonic() < stop:
+        drop_all()
+        time.sleep(0.01)
+    # 0.01 + 0.1 + 0.4 + 0.4 ...: a handful of reconnects in 1.5 s, not one every 10 ms
+    assert 3 <= len(server.all_connections) <= 8, len(server.all_connections)
