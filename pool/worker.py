@@ -133,8 +133,10 @@ class Worker:
         self.forbidden = Schedule(s.forbidden_schedule)
         self.connect_tries = 0
         self.connected_at = 0.0
-        # a connection that drops sooner than this (e.g. a server that accepts the upgrade and
-        # closes at once) keeps climbing the reconnect schedule instead of retrying every 10 ms
+        self.connection_proven = False
+        # a connection that drops before any join succeeded on it and sooner than this (e.g. a
+        # server that accepts the upgrade and closes at once) keeps climbing the reconnect
+        # schedule instead of retrying every 10 ms; a join proves the connection (K14)
         self.stable_after = min(s.heartbeat_interval, 5.0)
         self.reconnect_at = 0.0
         self.state = None
@@ -286,7 +288,8 @@ class Worker:
             self.set_state("forbidden" if self.forbidden_status else "backoff")
             return
         self.forbidden_status = False
-        self.connected_at = time.monotonic()  # the backoff resets only once this proves stable
+        self.connected_at = time.monotonic()  # the backoff resets only once this proves itself
+        self.connection_proven = False
         log.info("connected topic=%s url=%s", self.label, self.sock.safe_url)
         try:
             for ch in self.channels.values():
@@ -327,8 +330,8 @@ class Worker:
         for push in list(self.inflight.values()):
             self.finish(push, "timeout", reason=f"connection lost before the reply ({reason})")
         self.inflight.clear()
-        if time.monotonic() - self.connected_at >= self.stable_after:
-            self.connect_tries = 0  # it had worked for a while: start the schedule over
+        if self.connection_proven or time.monotonic() - self.connected_at >= self.stable_after:
+            self.connect_tries = 0  # it had worked (a join, or a while): start the schedule over
         self.connect_tries += 1
         self.stats["reconnects"] += 1
         delay = self.reconnect.delay(self.connect_tries)
@@ -357,6 +360,7 @@ class Worker:
 
     def on_join_reply(self, ch, msg):
         if msg.status == "ok":
+            self.connection_proven = True
             ch.state = JOINED
             ch.tries = 0
             ch.last_error = None
