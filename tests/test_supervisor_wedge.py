@@ -29,7 +29,9 @@ def liveness(request):
 
 
 def test_wedged_workers_are_killed_and_replaced(supervise, liveness, tmp_path):  # noqa: F811
-    ack_deadline, kill_timeout, boot_timeout, heartbeat_limit = 1.0, 0.5, 1.5, 1.5
+    # kill_timeout leaves a worker spinning in C (GIL held) time to be scheduled and write its
+    # stack dump even on an overloaded machine (production's default is 5 s)
+    ack_deadline, kill_timeout, boot_timeout, heartbeat_limit = 1.0, 1.5, 1.5, 1.5
     # the heartbeat check judges the age a worker reports in its acks; a worker whose acks stop
     # is an "ack timeout", whatever its last reported heartbeat age was
     sweep = 0.0 if liveness == "pipe" else min(0.5, 0.1)
