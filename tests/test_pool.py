@@ -198,3 +198,24 @@ def test_retry_lost_resends_to_the_replacement(server, make_pool):
 def test_pool_reports_a_supervisor_that_cannot_start(tmp_path):
     with pytest.raises(PoolError):
         pool.Pool("ws://127.0.0.1:9/socket", topics=["room:1"], name="bad name with spaces")
+
+
+def test_a_pool_over_wss_trusts_the_configured_ca(tmp_path):
+    import ssl
+
+    import trustme
+
+    from pool.testserver import PhoenixServer
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with PhoenixServer(ssl_context=server_ctx) as srv:
+        with pool.Pool(srv.url, topics=["room:tls"], ca_certs=str(ca_file), **FAST) as p:
+            assert p.wait_joined(10)
+            assert p.push("room:tls", "echo", {"secure": True}) == {"secure": True}
+        # without the CA the worker cannot verify the server: it keeps retrying, never joins
+        with pool.Pool(srv.url, topics=["room:tls"], start_timeout=1.0, **FAST) as p:
+            ch = p.status()["channels"][0]
+            assert ch["worker_state"] in ("backoff", "connecting") and ch["state"] == "DEGRADED"
