@@ -196,6 +196,8 @@ class Worker:
         try:
             self.sock.service()
             for ch in self.channels.values():
+                if not self.sock.connected:  # a flush below lost it (on_lost already ran)
+                    break
                 if ch.state == JOINING and now >= ch.join_deadline:
                     self.on_join_timeout(ch)
                 elif ch.state == ERRORED and now >= ch.rejoin_at:
