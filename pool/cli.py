@@ -184,9 +184,18 @@ def cmd_demo(args):
     return demo_main(forever=args.forever, channels=args.channels)
 
 
+def _version():
+    try:
+        from importlib.metadata import version
+        return version("phoenix-pool")
+    except Exception:  # not installed (running from a checkout)
+        return "unknown"
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="pool", description="A supervised process pool of "
                                      "Phoenix Channels connections.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name, func, help, target=True):

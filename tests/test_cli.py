@@ -212,3 +212,8 @@ def test_status_watch_refreshes_until_interrupted(running):
     out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 130
     assert out.count("TOPIC") >= 3, out
+
+
+def test_version():
+    out = cli("--version")
+    assert out.returncode == 0 and out.stdout.startswith("pool ")
