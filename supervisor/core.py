@@ -49,6 +49,7 @@ POLL_ALL_EVERY = 1.0
 #: look shorter, never longer; and a worker's channel is read once more right before a kill.
 ACK_BATCH = 0.25
 EXIT_REASONS_KEPT = 5
+SPAWN_BATCH = 20  # forks per loop pass at most
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1)
 
 
@@ -688,10 +689,16 @@ class Supervisor:
 
     # ================================================================== 6. spawn
     def _spawn_due(self):
+        """Fork the slots whose start is due, at most SPAWN_BATCH per pass: a fork costs a few
+        ms, and a pool of hundreds starting at once must not hold the loop (acks, control)
+        for a second; the slots still due keep the next wait at zero."""
         if self._stopping:
             return
         now = self.clock()
+        spawned = 0
         for slot in list(self._slots.values()):
+            if spawned >= SPAWN_BATCH:
+                return
             if slot.removed or now < slot.next_start_at:
                 continue
             if slot.state == S.FATAL:
@@ -700,6 +707,7 @@ class Supervisor:
             elif slot.state not in (S.BACKOFF, S.STOPPED):
                 continue
             self._spawn(slot, now)
+            spawned += 1
 
     def _internal_fds(self, exclude_slot):
         """fds and sockets of the supervisor that a new worker must not keep."""
