@@ -23,6 +23,12 @@ from .client import Client
 from .errors import PoolError
 
 
+MAIN_GUARD_HINT = (
+    "pool.Pool() must not run when its module is imported: the supervisor starts in a fresh "
+    "interpreter that imports your script's main module again. Put the code that creates the "
+    "Pool under `if __name__ == \"__main__\":`.")
+
+
 def _supervise(cfg, parent_pid):
     from supervisor.child import set_pdeathsig
     from . import logs
@@ -36,6 +42,9 @@ class Pool:
     def __init__(self, url=None, *, topics=(), config=None, run_dir=None, start_timeout=30.0,
                  timeout=10.0, retry_lost=0, **settings):
         from .config import load_config
+        if getattr(multiprocess.current_process(), "_inheriting", False):
+            # we are the supervisor's fresh interpreter re-importing the user's script
+            raise PoolError(MAIN_GUARD_HINT)
         self._tmp = None
         if run_dir is None:
             self._tmp = run_dir = tempfile.mkdtemp(prefix="pool-")
@@ -70,7 +79,8 @@ class Pool:
             if not self._proc.is_alive():
                 code = self._proc.exitcode
                 self.close()
-                raise PoolError(f"the pool's supervisor exited at start with code {code} (see its log)")
+                raise PoolError(f"the pool's supervisor exited at start with code {code} (see its "
+                                f"log on stderr); if this is a script: {MAIN_GUARD_HINT}")
             if self.client.wait_joined(timeout=0.1):
                 return
         # not all joined in time: the pool keeps trying; pushes wait in the workers' buffers

@@ -219,3 +219,14 @@ def test_a_pool_over_wss_trusts_the_configured_ca(tmp_path):
         with pool.Pool(srv.url, topics=["room:tls"], start_timeout=1.0, **FAST) as p:
             ch = p.status()["channels"][0]
             assert ch["worker_state"] in ("backoff", "connecting") and ch["state"] == "DEGRADED"
+
+
+def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path):
+    import subprocess
+    import sys
+    script = tmp_path / "noguard.py"
+    script.write_text('import pool\np = pool.Pool("ws://127.0.0.1:9/socket", topics=["a"], start_timeout=5)\n')
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert 'if __name__ == "__main__":' in out.stderr
+    assert out.stderr.count("Traceback") <= 3  # a clear message, not a cascade of processes
