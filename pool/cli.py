@@ -49,6 +49,8 @@ def cmd_start(args):
     cfg = _config(args)
     logs.configure(args.log_level or cfg.log_level, args.log_file or cfg.log_file)
     before_fork = getattr(args, "before_fork", None)  # e.g. Django: close DB connections
+    if before_fork is None and os.environ.get("DJANGO_SETTINGS_MODULE"):
+        before_fork = _django_prepare()
     if before_fork is not None:
         before_fork(cfg)
     try:
@@ -56,6 +58,19 @@ def cmd_start(args):
     except AlreadyRunning as exc:
         print(f"pool: {exc}", file=sys.stderr)
         return EXIT_FAIL
+
+
+def _django_prepare():
+    """Under DJANGO_SETTINGS_MODULE, `pool start` sets Django up before forking the workers,
+    as `manage.py pool start` does, so "module:function" handlers can use the ORM."""
+    try:
+        from .contrib.django import prepare_workers
+        import django  # noqa: F401
+    except ImportError:
+        print("pool: DJANGO_SETTINGS_MODULE is set but Django is not installed; "
+              "starting without Django", file=sys.stderr)
+        return None
+    return prepare_workers
 
 
 def _age(value):

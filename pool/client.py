@@ -34,12 +34,13 @@ def resolve_run_dir(target):
     if run_dir is not None:
         return run_dir
     target = os.fspath(target)
-    if os.path.isdir(target):
-        return target
     if os.path.isfile(target):
         from .config import load_config
         return load_config(path=target).run_dir
-    raise NotRunning(f"{target!r} is neither a run_dir nor a config file")
+    if target.endswith((".toml", ".tml")):
+        raise NotRunning(f"config file {target!r} not found")
+    # a run_dir, possibly not created yet: calls raise NotRunning until the pool is up
+    return target
 
 
 def pool_status(raw):

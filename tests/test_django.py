@@ -264,3 +264,32 @@ def test_the_system_check_rejects_a_bad_pool_setting_with_a_clear_message(tmp_pa
     assert "(pool.W001)" not in flat.stderr  # BASE_DIR / "run" is absolute
     assert file.returncode == 0, file.stderr
     assert f"{toml}: ok" in file.stdout and "run_dir /tmp/pool-dj-file" in file.stdout
+
+
+def test_plain_pool_start_under_django_settings_runs_orm_handlers(tmp_path):
+    base = tempfile.mkdtemp(prefix="pool-dj-", dir="/tmp")
+    srv = PhoenixServer().start()
+    proc = None
+    try:
+        run_dir = os.path.join(base, "run")
+        db = os.path.join(base, "chat.sqlite3")
+        env = dict(os.environ, PHOENIX_URL=srv.url, POOL_RUN_DIR=run_dir, CHAT_DB=db,
+                   DJANGO_SETTINGS_MODULE="project.settings",
+                   PYTHONPATH=os.pathsep.join([PROJECT, os.environ.get("PYTHONPATH", "")]))
+        assert manage("migrate", "-v", "0", env=env).returncode == 0
+        config = tmp_path / "pool.toml"
+        config.write_text(f'[pool]\nurl = "{srv.url}"\nrun_dir = "{run_dir}"\n'
+                          f'[[channels]]\ntopic = "room:lobby"\nhandler = "chat.handlers:store"\n')
+        log = open(tmp_path / "pool.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "pool", "start", "-c", str(config)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        assert Client(run_dir).wait_joined(10), (tmp_path / "pool.log").read_text()
+        srv.broadcast("room:lobby", "new_msg", {"body": "plain start"})
+        assert wait_until(lambda: len(rows(db)) == 1, 5), (tmp_path / "pool.log").read_text()
+        assert rows(db)[0][:2] == ("room:lobby", "new_msg")
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+        srv.stop()
+        shutil.rmtree(base, ignore_errors=True)

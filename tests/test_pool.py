@@ -230,3 +230,13 @@ def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path):
     assert out.returncode != 0
     assert 'if __name__ == "__main__":' in out.stderr
     assert out.stderr.count("Traceback") <= 3  # a clear message, not a cascade of processes
+
+
+def test_a_client_for_a_pool_not_started_yet_raises_not_running_on_use(tmp_path):
+    client = pool.Client(str(tmp_path / "not-yet"))
+    with pytest.raises(pool.NotRunning):
+        client.push("room:1", "echo", {}, timeout=1)
+    with pytest.raises(pool.NotRunning):
+        client.status()
+    with pytest.raises(pool.NotRunning, match="not found"):
+        pool.Client(str(tmp_path / "missing.toml"))

@@ -17,7 +17,7 @@ import functools
 import os
 import threading
 
-__all__ = ["client", "get_config", "reset", "db_handler", "ensure_setup"]
+__all__ = ["client", "get_config", "reset", "db_handler", "ensure_setup", "prepare_workers"]
 
 _lock = threading.Lock()
 _config = None           # the PoolConfig read from settings.POOL (plain data: fine across fork)
@@ -93,6 +93,30 @@ def ensure_setup():
     if not apps.ready:
         import django
         django.setup()
+
+
+def prepare_workers(cfg):
+    """Run in the supervisor just before it forks the workers (by ``manage.py pool start``, and
+    by ``pool start`` when DJANGO_SETTINGS_MODULE is set): set Django up, import the handler
+    modules so every worker starts warm, and close every database connection so no worker
+    shares one with its parent or siblings (each opens its own on first use)."""
+    import logging
+
+    from django.db import connections
+
+    from pool.worker import resolve_handler
+
+    ensure_setup()
+    for ch in cfg.channels:
+        # One that fails is left to its worker: a boot failure is a crash of that channel only.
+        if isinstance(ch.handler, str):
+            try:
+                resolve_handler(ch.handler)
+            except Exception as exc:
+                logging.getLogger("pool.django").error(
+                    "handler_import_failed topic=%s handler=%s error=%s", ch.topic,
+                    ch.handler, f"{type(exc).__name__}: {exc}")
+    connections.close_all()
 
 
 def db_handler(func):

@@ -16,6 +16,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from pool import cli as pool_cli
+from pool.contrib.django import prepare_workers
 
 COMMANDS = ("start", "status", "stop", "reload", "push", "listen", "check-config")
 
@@ -67,7 +68,7 @@ class Command(BaseCommand):
     def run_pool_command(self, name, args):
         """The `pool` CLI's own command functions, fed the config from the Django settings."""
         args.load_config = self.config
-        args.before_fork = self.before_fork
+        args.before_fork = prepare_workers
         args.config_label = "settings.POOL"
         return pool_cli.run_command(args)
 
@@ -78,26 +79,3 @@ class Command(BaseCommand):
             return load_config(path=args.config)
         from pool.contrib.django import conf
         return conf.load()
-
-    @staticmethod
-    def before_fork(cfg):
-        """Run by `pool start` in the supervisor before it forks the workers."""
-        import logging
-
-        from django.db import connections
-
-        from pool.worker import resolve_handler
-
-        for ch in cfg.channels:
-            # Import handler modules here, before the fork, so every worker starts warm. One that
-            # fails is left to its worker: a boot failure is a crash of that channel only.
-            if isinstance(ch.handler, str):
-                try:
-                    resolve_handler(ch.handler)
-                except Exception as exc:
-                    logging.getLogger("pool.django").error(
-                        "handler_import_failed topic=%s handler=%s error=%s", ch.topic,
-                        ch.handler, f"{type(exc).__name__}: {exc}")
-        # Workers are forked from this process: a database connection open here would be shared
-        # by all of them. Close every one; each worker opens its own on first use.
-        connections.close_all()
