@@ -14,6 +14,7 @@ from .errors import NotRunning, PushTimeout, Rejected, ReplyError, WorkerLost, P
 from .protocol import Message
 
 GRACE = 1.0  # the worker answers "timeout" itself; wait this much longer before deciding locally
+MAX_STASHED = 10_000  # listener messages kept while a request waits for its reply
 
 
 class WorkerConnection:
@@ -25,6 +26,7 @@ class WorkerConnection:
         self._pid = None
         self._ids = itertools.count(1)
         self._pending_messages = []
+        self._stash_dropped = 0
 
     def _connected(self):
         if self._sock is not None and self._pid == os.getpid():
@@ -81,8 +83,11 @@ class WorkerConnection:
             if item is None:
                 return None
             head, rbody = item
-            if head.get("op") == "message":
-                self._pending_messages.append(item)
+            if head.get("op") in ("message", "dropped"):
+                if len(self._pending_messages) < MAX_STASHED:
+                    self._pending_messages.append(item)
+                else:
+                    self._stash_dropped += 1
                 continue
             if head.get("id") == rid or head.get("op") == "error" and head.get("id") is None:
                 if head.get("op") == "error":
@@ -125,6 +130,9 @@ class WorkerConnection:
 
         A ``Message`` with event "pool:dropped" and payload {"count": N} marks N messages the
         worker dropped because this listener did not keep up."""
+        if self._stash_dropped:
+            count, self._stash_dropped = self._stash_dropped, 0
+            return Message("", "pool:dropped", {"count": count})
         if self._pending_messages:
             head, body = self._pending_messages.pop(0)
         else:
