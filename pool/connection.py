@@ -627,14 +627,18 @@ class Socket:
                 if found is None and msg.event == protocol.REPLY and msg.ref == ref:
                     found = msg
                     continue
-                if len(self._inbox) >= self._inbox_limit:
-                    self._inbox.popleft()
-                    self.stats["inbox_dropped"] += 1
-                self._inbox.append(msg)
+                self._stash(msg)
             if found is not None:
                 return found
             if remaining <= 0:
                 return None
+
+    def _stash(self, msg):
+        """Keep a message read while waiting for something else, for the next poll (bounded)."""
+        if len(self._inbox) >= self._inbox_limit:
+            self._inbox.popleft()
+            self.stats["inbox_dropped"] += 1
+        self._inbox.append(msg)
 
     def join(self, topic, payload=None, timeout=None):
         """Join ``topic``; returns the join reply's response. Raises `ReplyError` if refused,
@@ -691,7 +695,8 @@ class Socket:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise PushTimeout(f"no heartbeat reply within {timeout:g}s")
-                self._inbox.extend(self._read(remaining))
+                for msg in self._read(remaining):
+                    self._stash(msg)
             return self._pings[ref] - start
         finally:
             self._pings.pop(ref, None)

@@ -498,13 +498,10 @@ class Worker:
                     or not 0 < timeout <= MAX_PUSH_TIMEOUT):
                 return self._bad(conn, header, f"timeout must be a number of seconds in "
                                                f"(0, {MAX_PUSH_TIMEOUT}]")
-            if body:
+            if body and not is_strict_json(body):
                 # a payload that is not JSON would make the server drop the whole connection
                 # (close 1011) and every other push in flight with it: refuse it here
-                try:
-                    json.loads(body)
-                except ValueError:
-                    return self._bad(conn, header, "the push payload is not UTF-8 JSON")
+                return self._bad(conn, header, "the push payload is not UTF-8 JSON")
             self.submit(conn, header["id"], topic, event, body, float(timeout))
         elif op == "listen":
             topic = header.get("topic")
@@ -612,6 +609,23 @@ class Worker:
                 conn.flush()
         self.sock.close()
         log.info("worker stopped topic=%s", self.label)
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def is_strict_json(body):
+    """True if ``body`` (bytes) is UTF-8 text holding one JSON value, as a Phoenix server's
+    parser accepts it: no byte-order mark, no other encoding, no NaN or Infinity."""
+    try:
+        text = bytes(body).decode("utf-8")
+        if text.startswith("\ufeff"):
+            return False
+        json.loads(text, parse_constant=_refuse_constant)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return False
+    return True
 
 
 def _payload_json(payload):

@@ -157,10 +157,12 @@ class WorkerContext:
         if os.getppid() != self._ppid:
             self._parent_gone = True
             return False
+        poller = select.poll()  # not select(): no limit on the descriptor's number
+        poller.register(self._lifeline_r, select.POLLIN)
         try:
-            r, _, _ = select.select([self._lifeline_r], [], [], 0)
-        except (OSError, ValueError):
-            r = [self._lifeline_r]
+            r = poller.poll(0)
+        except OSError:
+            r = True
         if r:
             self._parent_gone = True
         return not self._parent_gone

@@ -489,3 +489,22 @@ def test_worker_input_a_body_that_is_not_utf8_is_refused_and_the_worker_lives(se
     assert got is not None and got[0]["op"] in ("outcome", "error")
     assert got[0].get("outcome") != "ok"
     assert w.info()["pid"] == pid
+
+
+@pytest.mark.parametrize("body", [
+    "[1]".encode("utf-16"),            # UTF-16 with a byte-order mark
+    b"\xef\xbb\xbf{}",                  # UTF-8 with a byte-order mark
+    b'{"x": NaN}', b"Infinity", b"\xff\xfe", b"{not json",
+])
+def test_worker_input_only_strict_utf8_json_bodies_are_relayed(server, run_dir, spawn_worker, body):
+    w = spawn(spawn_worker, settings(server.url, run_dir), [ChannelSpec("room:1")])
+    pid = w.wait_state("joined")["pid"]
+    raw = _raw_push(w.path, {"op": "push", "id": 1, "topic": "room:1", "event": "echo",
+                             "timeout": 1}, body)
+    try:
+        head, _ = framing.recv_frame(raw, framing.Reader(), time.monotonic() + 2)
+    finally:
+        raw.close()
+    assert head["op"] == "error" and "not UTF-8 JSON" in head["error"]
+    assert w.info()["pid"] == pid
+    assert not received(server, "echo")
