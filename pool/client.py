@@ -139,6 +139,8 @@ class Client:
     def push(self, topic, event, payload=None, timeout=None):
         """Push to ``topic`` and return the reply's response (see the module docstring)."""
         timeout = self.timeout if timeout is None else timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         deadline = time.monotonic() + timeout
         lost = 0
         while True:

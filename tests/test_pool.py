@@ -240,3 +240,36 @@ def test_a_client_for_a_pool_not_started_yet_raises_not_running_on_use(tmp_path)
         client.status()
     with pytest.raises(pool.NotRunning, match="not found"):
         pool.Client(str(tmp_path / "missing.toml"))
+
+
+def test_a_listener_follows_its_channel_to_the_replacement_worker(server, make_pool):
+    p = make_pool(server.url, ["room:1"])
+    got = []
+    listener = p.listen("room:1", timeout=8)
+
+    def consume():
+        for msg in listener:
+            got.append(msg.payload)
+            if msg.payload == {"n": 2}:
+                return
+    t = threading.Thread(target=consume)
+    t.start()
+    assert server.wait_for(lambda: len(server.connections) == 1)
+    time.sleep(0.3)  # let the listener subscribe (broadcasts are not replayed)
+    server.broadcast("room:1", "news", {"n": 1})
+    assert wait_until(lambda: got == [{"n": 1}], 3)
+    old = channel(p, "room:1")["pid"]
+    os.kill(old, signal.SIGKILL)
+    assert wait_until(lambda: channel(p, "room:1")["pid"] not in (None, old)
+                      and channel(p, "room:1")["state"] == "RUNNING", 5)
+    # the listener resubscribes on its own; keep broadcasting until it has
+    assert wait_until(lambda: server.broadcast("room:1", "news", {"n": 2}) or {"n": 2} in got, 5, 0.2)
+    t.join(5)
+    assert got[0] == {"n": 1} and got[-1] == {"n": 2}
+
+
+def test_push_refuses_a_timeout_that_is_not_positive(tmp_path):
+    client = pool.Client(str(tmp_path))
+    for bad in (0, -1, float("nan"), "5", True):
+        with pytest.raises(ValueError, match="timeout"):
+            client.push("room:1", "echo", {}, timeout=bad)
