@@ -22,6 +22,7 @@ from pool.backoff import FORBIDDEN_SCHEDULE, RECONNECT_SCHEDULE, REJOIN_SCHEDULE
 from pool.testserver import PhoenixServer, StallListener
 from pool.worker import ChannelSpec
 from conftest import pipeline, wait_until, worker_settings
+from rawpeers import _Peer
 
 FAST = dict(heartbeat_interval=30, send_timeout=0.5, connect_timeout=0.5, push_timeout=0.5)
 
@@ -317,49 +318,27 @@ def test_X1_X3_v1_duplicate_join_keeps_the_new_channel(server):
 
 # -- protocol rule 4: Origin ------------------------------------------------------------------
 
-class HeadCapture:
+class HeadCapture(_Peer):
     """Records each HTTP upgrade request head and answers 403 (nothing else)."""
 
     def __init__(self):
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        super().__init__()
         self.heads = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
 
-    @property
-    def url(self):
-        return f"ws://127.0.0.1:{self.listener.getsockname()[1]}/socket"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        except OSError:
-            pass
-        self.listener.close()
-        self.thread.join(1)
-
-    def _serve(self):
-        while True:
+    def _serve(self, conn):
+        with conn:
+            conn.settimeout(1)
+            data = b""
             try:
-                conn, _ = self.listener.accept()
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.heads.append(data.decode("latin-1").lower())
+                conn.sendall(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
             except OSError:
-                return
-            with conn:
-                conn.settimeout(1)
-                data = b""
-                try:
-                    while b"\r\n\r\n" not in data:
-                        chunk = conn.recv(4096)
-                        if not chunk:
-                            break
-                        data += chunk
-                    self.heads.append(data.decode("latin-1").lower())
-                    conn.sendall(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
-                except OSError:
-                    pass
+                pass
 
 
 def test_rule4_no_origin_header_unless_asked():
