@@ -89,6 +89,16 @@ POOL_KEYS = {
     "allowed_uids": ("uids", ()),
 }
 
+SECRET_KEYS = ("params", "headers", "auth_token")
+
+
+def _origin(url):
+    """(scheme, host, port) of a ws:// or wss:// URL, with the default port filled in."""
+    parts = urlsplit(url)
+    return (parts.scheme, (parts.hostname or "").lower(),
+            parts.port or (443 if parts.scheme == "wss" else 80))
+
+
 # Keys a [[channels]] entry may override; everything else in [pool] is pool-wide.
 CHANNEL_OVERRIDES = ("url", "params", "vsn", "heartbeat_interval", "heartbeat_timeout",
                      "send_timeout", "connect_timeout", "push_timeout", "join_timeout",
@@ -920,9 +930,15 @@ class _Loader:
                           'write e.g. handler = "myapp.handlers:on_message" (imported in the worker)')
         ch["handler"] = handler
         explicit = pool["explicit"]
+        # secrets stay with their host: a channel talking to another origin does not get the
+        # pool's params, headers or auth_token unless it sets its own
+        other_origin = ("url" in raw and
+                        _origin(self.value("url", raw["url"], index)) != _origin(pool["url"]))
         for key in CHANNEL_OVERRIDES:
             if key in raw:
                 ch[key] = self.value(key, raw[key], index)
+            elif other_origin and key in SECRET_KEYS:
+                ch[key] = () if key == "headers" else None
             elif key == "heartbeat_timeout" and key not in explicit:
                 ch[key] = None  # derived below from the channel's own heartbeat_interval
             elif key == "join_timeout" and key not in explicit:

@@ -704,3 +704,24 @@ def test_config_error_is_a_pool_error_and_value_error(minimal):
         load_config(minimal, send_timeout=-1)
     with pytest.raises(ValueError):
         load_config(minimal, send_timeout=-1)
+
+
+def test_secrets_are_not_inherited_by_a_channel_on_another_origin():
+    from pool.config import load_config
+    cfg = load_config(data={
+        "pool": {"url": "wss://a.example/socket", "params": {"token": "T"},
+                 "auth_token": "A", "headers": ["X-Key: K"], "run_dir": "/tmp/pool-x"},
+        "channels": [
+            {"topic": "same"},
+            {"topic": "same-origin", "url": "wss://A.example:443/other"},
+            {"topic": "other", "url": "wss://b.example/socket"},
+            {"topic": "other-port", "url": "wss://a.example:8443/socket"},
+            {"topic": "other-own", "url": "ws://b.example/socket", "params": {"token": "B"}},
+        ]})
+    by = {c.topic: c for c in cfg.channels}
+    for topic in ("same", "same-origin"):
+        assert (by[topic].params, by[topic].auth_token, tuple(by[topic].headers)) == \
+            ({"token": "T"}, "A", ("X-Key: K",))
+    for topic in ("other", "other-port"):
+        assert (by[topic].params, by[topic].auth_token, tuple(by[topic].headers)) == (None, None, ())
+    assert by["other-own"].params == {"token": "B"} and by["other-own"].auth_token is None
