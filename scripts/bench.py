@@ -266,12 +266,16 @@ class Plain:
             pass
 
 
+def warm_up(c, n):
+    for i in range(min(200, n)):
+        c.send("echo", '{"i":%d}' % i)
+        c.recv_reply()
+
+
 def plain_sequential(url, n, meter):
     c = Plain(url, "bench:plain-seq")
     try:
-        for i in range(min(200, n)):  # warm-up
-            c.send("echo", '{"i":%d}' % i)
-            c.recv_reply()
+        warm_up(c, n)
         meter.start()
         t0 = time.perf_counter()
         for i in range(n):
@@ -289,9 +293,7 @@ def plain_sequential(url, n, meter):
 def plain_pipelined(url, n, window, meter):
     c = Plain(url, "bench:plain-pipe")
     try:
-        for i in range(min(200, n)):  # warm-up
-            c.send("echo", '{"i":%d}' % i)
-            c.recv_reply()
+        warm_up(c, n)
         meter.start()
         t0 = time.perf_counter()
         sent = done = 0

@@ -15,11 +15,9 @@ SPAWN = mp.get_context("spawn")  # the test process runs server threads: never f
 
 def alive(pid):
     """True if ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    from supervisor import procinfo
+    state = procinfo.proc_state(pid)
+    return state is not None and state != "Z"
 
 
 def rss_kib(pid):
@@ -68,6 +66,22 @@ def pipeline(path, pushes):
         return [out[i] for i in range(len(pushes))]
     finally:
         sock.close()
+
+
+def check_buffered_pushes_go_out_in_order(server, worker, release):
+    """Three pipelined pushes wait in ``worker``'s buffer; after ``release()`` (the fault that
+    kept the channel from joining is lifted) each gets "ok" and the server sees them in order."""
+    import threading
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        out=pipeline(worker.path, [("room:1", f"e{i}", 5) for i in range(3)])))
+    t.start()
+    assert wait_until(lambda: worker.info()["buffered"] == 3, 3)
+    release()
+    t.join(10)
+    assert [h["outcome"] for h in result["out"]] == ["ok"] * 3
+    sent = [m["event"] for _, m in server.received if m["event"].startswith("e")]
+    assert sent == ["e0", "e1", "e2"]
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from supervisor import procinfo
 from supervisor.control import request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -200,10 +199,7 @@ class SupProc:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def alive(pid):
-    """True if the process exists and is not a zombie."""
-    st = procinfo.proc_state(pid)
-    return st is not None and st != "Z"
+from conftest import alive  # noqa: E402,F401  (re-exported for the supervisor tests)
 
 
 def children_of(pid):

@@ -11,13 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "scripts", "bench.py")
 
 
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return data[data.rindex(b")") + 2:][:1] != b"Z"
+from conftest import alive  # noqa: E402
 
 
 def _positive(section, *keys):
@@ -71,4 +65,4 @@ def test_bench_quick_prints_one_json_document_and_cleans_up(tmp_path):
     assert procs["left_over"] == []
     started = [procs["server_pid"], *procs["supervisor_pids"], *procs["hold_pids"]]
     assert len(procs["supervisor_pids"]) == 2 + len(doc["counts"]["start_counts"])
-    assert [pid for pid in started if _alive(pid)] == []
+    assert [pid for pid in started if alive(pid)] == []

@@ -11,7 +11,6 @@ import os
 import resource
 import signal
 import socket
-import threading
 import time
 
 import pytest
@@ -21,7 +20,7 @@ from pool import framing
 from pool.backoff import FORBIDDEN_SCHEDULE, RECONNECT_SCHEDULE, REJOIN_SCHEDULE, Schedule
 from pool.testserver import PhoenixServer, StallListener
 from pool.worker import ChannelSpec
-from conftest import pipeline, wait_until, worker_settings
+from conftest import check_buffered_pushes_go_out_in_order, wait_until, worker_settings
 from rawpeers import _Peer
 
 FAST = dict(heartbeat_interval=30, send_timeout=0.5, connect_timeout=0.5, push_timeout=0.5)
@@ -87,16 +86,8 @@ def test_K10_pushes_wait_in_the_buffer_while_disconnected_and_go_out_in_order(se
     server.faults.reject_upgrade = 503
     w = spawn(spawn_worker, settings(server.url, run_dir), [ChannelSpec("room:1")])
     w.wait_state("backoff")
-    result = {}
-    t = threading.Thread(target=lambda: result.update(
-        out=pipeline(w.path, [("room:1", f"e{i}", 5) for i in range(3)])))
-    t.start()
-    assert wait_until(lambda: w.info()["buffered"] == 3, 1)
-    server.faults.reject_upgrade = None
-    t.join(5)
-    assert [h["outcome"] for h in result["out"]] == ["ok"] * 3
-    sent = [m["event"] for m in received(server) if m["event"].startswith("e")]
-    assert sent == ["e0", "e1", "e2"]
+    check_buffered_pushes_go_out_in_order(
+        server, w, lambda: setattr(server.faults, "reject_upgrade", None))
 
 
 def test_K14_a_successful_connect_resets_the_reconnect_backoff(run_dir, spawn_worker):

@@ -16,7 +16,8 @@ from pool.errors import PushTimeout, Rejected, ReplyError, WorkerLost
 from pool.worker import ChannelSpec
 from pool.workerclient import WorkerConnection
 from pool.testserver import StallListener
-from conftest import pipeline, rss_kib, wait_until, worker_settings
+from conftest import (check_buffered_pushes_go_out_in_order, pipeline, rss_kib, wait_until,
+                      worker_settings)
 
 
 settings = worker_settings
@@ -80,16 +81,8 @@ def test_K10_C5_C13_buffered_pushes_are_sent_in_order_after_the_join(server, run
     server.faults.reject_joins = True
     w = spawn_worker(settings(server.url, run_dir), [ChannelSpec("room:1")])
     assert server.wait_for(lambda: server.stats["joins_rejected"] >= 1)
-    result = {}
-    t = threading.Thread(target=lambda: result.update(
-        out=pipeline(w.path, [("room:1", f"e{i}", 5) for i in range(3)])))
-    t.start()
-    assert wait_until(lambda: w.info()["buffered"] == 3, 3)
-    server.faults.reject_joins = False
-    t.join(10)
-    assert [h["outcome"] for h in result["out"]] == ["ok"] * 3
-    sent = [m["event"] for _, m in server.received if m["event"].startswith("e")]
-    assert sent == ["e0", "e1", "e2"]
+    check_buffered_pushes_go_out_in_order(
+        server, w, lambda: setattr(server.faults, "reject_joins", False))
 
 
 def test_C13_a_buffered_push_that_timed_out_is_never_sent(server, run_dir, spawn_worker):

@@ -5,6 +5,7 @@ Written independently of pool.protocol on purpose: the client is tested against 
 import base64
 import json
 import select
+import socket
 import time
 from http import HTTPStatus
 from urllib.parse import parse_qsl, urlsplit
@@ -144,3 +145,17 @@ def read_head(sock, deadline, should_stop, poll=0.1):
         buf += chunk
     head, _, rest = buf.partition(b"\r\n\r\n")
     return head + b"\r\n\r\n", rest
+
+
+def listen_tcp(host, port, rcvbuf, poll):
+    """A listening TCP socket. ``rcvbuf`` is set before listen() so accepted sockets inherit it
+    and advertise a small window from the SYN-ACK on: with a peer that stops reading, the
+    client's send buffer really fills. Accepts time out after ``poll`` so the loop sees stop()."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.settimeout(poll)
+    return sock

@@ -536,15 +536,7 @@ class PhoenixServer:
         return f"{scheme}://{self.host}:{self.port}{self.path}/websocket"
 
     def start(self):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.rcvbuf:
-            # Set on the listener so accepted sockets inherit it and advertise a small window
-            # from the SYN-ACK on: with stop_reading the client's send buffer really fills.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-        sock.bind((self.host, self.port))
-        sock.listen(128)
-        sock.settimeout(POLL)
+        sock = _wire.listen_tcp(self.host, self.port, self.rcvbuf, POLL)
         self._listener = sock
         self.port = sock.getsockname()[1]
         self._thread = threading.Thread(target=self._accept_loop, daemon=True,

@@ -49,13 +49,7 @@ class StallListener:
             return self._cond.wait_for(lambda: self._count >= n, timeout)
 
     def start(self):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.rcvbuf:  # before listen(): accepted sockets inherit it and a small window
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-        sock.bind((self.host, self.port))
-        sock.listen(128)
-        sock.settimeout(POLL)
+        sock = _wire.listen_tcp(self.host, self.port, self.rcvbuf, POLL)
         self._listener = sock
         self.port = sock.getsockname()[1]
         self._spawn(self._accept_loop, f"stall-accept-{self.port}")
