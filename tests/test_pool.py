@@ -130,8 +130,7 @@ def test_sigstopped_worker_is_replaced_and_its_inflight_push_ends_worker_lost(se
     assert result["after"] < deadline + 2, "seen at the kill, not after the push timeout"
     assert replaced < deadline + 2
     assert not alive(old)
-    reasons = channel(p, "room:1")["exit_reasons"]
-    assert reasons and "ack" in str(reasons[-1]) or "heartbeat" in str(reasons[-1])
+    assert channel(p, "room:1")["exit_reasons"][-1]["reason"] == "ack timeout"
     assert channel(p, "room:2")["restarts"] == 0
     assert p.push("room:1", "echo", {"back": 1}) == {"back": 1}
 
@@ -144,8 +143,8 @@ def test_memory_error_in_a_handler_exits_with_its_own_code_and_is_replaced(serve
     server.broadcast("room:1", "boom", {})
     assert wait_until(lambda: channel(p, "room:1")["pid"] not in (None, old)
                       and channel(p, "room:1")["state"] == "RUNNING", 10)
-    assert "MEMORY" in str(channel(p, "room:1")["exit_reasons"][-1]) or \
-        "memory" in str(channel(p, "room:1")["exit_reasons"][-1])
+    last = channel(p, "room:1")["exit_reasons"][-1]
+    assert (last["reason"], last["exit"]) == ("memory limit", "exit code 5 (MEMORY)")
     assert channel(p, "room:2")["restarts"] == 0
 
 
@@ -156,7 +155,7 @@ def test_runaway_memory_dies_at_the_rlimit_and_only_that_worker_is_replaced(serv
     old, sibling = channel(p, "room:1")["pid"], channel(p, "room:2")["pid"]
     server.broadcast("room:1", "grow", {})
     assert wait_until(lambda: channel(p, "room:1")["pid"] not in (None, old), 10)
-    assert "memory" in str(channel(p, "room:1")["exit_reasons"][-1]).lower()
+    assert channel(p, "room:1")["exit_reasons"][-1]["reason"] == "memory limit"
     assert channel(p, "room:2")["pid"] == sibling
 
 
@@ -167,9 +166,13 @@ def test_unknown_topic_is_rejected(server, make_pool):
 
 
 def test_client_is_safe_across_fork(server, make_pool):
+    from pool.config import channel_socket_path
+    from pool.workerclient import WorkerConnection
     p = make_pool(server.url, ["room:1"])
+    probe = WorkerConnection(channel_socket_path(p.config.run_dir, "room:1"))
     client = pool.Client(p.config.run_dir)
     assert client.push("room:1", "echo", {"who": "parent"}) == {"who": "parent"}
+    accepted = probe.info()["clients"]["clients_accepted"]
     pid = os.fork()
     if pid == 0:  # the child must not reuse the parent's socket
         try:
@@ -179,6 +182,8 @@ def test_client_is_safe_across_fork(server, make_pool):
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+    # the child opened a connection of its own instead of writing into the parent's
+    assert probe.info()["clients"]["clients_accepted"] == accepted + 1
     assert client.push("room:1", "echo", {"who": "parent again"}) == {"who": "parent again"}
 
 
@@ -196,8 +201,12 @@ def test_retry_lost_resends_to_the_replacement(server, make_pool):
 
 
 def test_pool_reports_a_supervisor_that_cannot_start(tmp_path):
-    with pytest.raises(PoolError):
-        pool.Pool("ws://127.0.0.1:9/socket", topics=["room:1"], name="bad name with spaces")
+    run_dir = tmp_path / "shared"
+    run_dir.mkdir()
+    run_dir.chmod(0o777)  # valid config, but the supervisor refuses a world-writable run_dir
+    with pytest.raises(PoolError, match="exited at start"):
+        pool.Pool("ws://127.0.0.1:9/socket", topics=["room:1"], run_dir=str(run_dir))
+    assert not any(os.scandir(run_dir)), "nothing was left behind"
 
 
 def test_a_pool_over_wss_trusts_the_configured_ca(tmp_path):
