@@ -79,6 +79,7 @@ POOL_KEYS = {
     "backoff_initial": ("seconds", 0.5),
     "backoff_max": ("seconds", 60.0),
     "push_buffer": ("count", 1000),
+    "max_inflight": ("count", 10000),
     "log_level": ("log_level", "info"),
     "log_file": ("path", None),
     "headers": ("headers", ()),
@@ -89,7 +90,8 @@ POOL_KEYS = {
     "allowed_uids": ("uids", ()),
 }
 
-SECRET_KEYS = ("params", "headers", "auth_token")
+# secrets tied to the pool's url: not inherited by a channel that talks to another origin
+HOST_SECRETS = ("params", "headers", "auth_token")
 
 
 def _origin(url):
@@ -102,7 +104,7 @@ def _origin(url):
 # Keys a [[channels]] entry may override; everything else in [pool] is pool-wide.
 CHANNEL_OVERRIDES = ("url", "params", "vsn", "heartbeat_interval", "heartbeat_timeout",
                      "send_timeout", "connect_timeout", "push_timeout", "join_timeout",
-                     "push_buffer", "headers", "auth_token")
+                     "push_buffer", "max_inflight", "headers", "auth_token")
 CHANNEL_KEYS = ("topic", "payload", "handler") + CHANNEL_OVERRIDES
 
 SECRET_KEYS = frozenset({"params", "auth_token", "headers", "payload"})
@@ -151,6 +153,7 @@ class ChannelConfig:
     push_timeout: float = 10.0
     join_timeout: float = 10.0
     push_buffer: int = 1000
+    max_inflight: int = 10000
     headers: Tuple[str, ...] = field(default=(), repr=False)
     auth_token: Optional[str] = field(default=None, repr=False)
     index: int = 0  # 1-based position in [[channels]] (0: added by the topics= shortcut)
@@ -193,6 +196,7 @@ class PoolConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 60.0
     push_buffer: int = 1000
+    max_inflight: int = 10000
     log_level: str = "info"
     log_file: Optional[str] = None
     headers: Tuple[str, ...] = field(default=(), repr=False)
@@ -271,6 +275,7 @@ class PoolConfig:
             heartbeat_interval=c.heartbeat_interval, heartbeat_timeout=c.heartbeat_timeout,
             send_timeout=c.send_timeout, connect_timeout=c.connect_timeout,
             push_timeout=c.push_timeout, join_timeout=c.join_timeout, push_buffer=c.push_buffer,
+            max_inflight=c.max_inflight,
             headers=tuple(c.headers),
             sslopt=self.sslopt if urlsplit(c.url).scheme == "wss" else None,
             auth_token=c.auth_token,
@@ -704,6 +709,8 @@ class _Loader:
                     bad_type("a whole number", POOL_KEYS[key][1])
             if value < 0:
                 self.fail(where, f"must be >= 0, got {value!r}", "use 0 or a positive integer")
+            if key == "max_inflight" and value == 0:
+                self.fail(where, "0 would reject every push", "use a positive integer (default 10000)")
             return value
         if kind == "size":
             if key == "memory_limit" and value is None:
@@ -937,7 +944,7 @@ class _Loader:
         for key in CHANNEL_OVERRIDES:
             if key in raw:
                 ch[key] = self.value(key, raw[key], index)
-            elif other_origin and key in SECRET_KEYS:
+            elif other_origin and key in HOST_SECRETS:
                 ch[key] = () if key == "headers" else None
             elif key == "heartbeat_timeout" and key not in explicit:
                 ch[key] = None  # derived below from the channel's own heartbeat_interval

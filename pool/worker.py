@@ -63,6 +63,7 @@ class WorkerSettings:
     push_timeout: float = 10.0
     join_timeout: Optional[float] = None
     push_buffer: int = 1000
+    max_inflight: int = 10000
     headers: Sequence[str] = field(default=(), repr=False)
     sslopt: Optional[dict] = None
     auth_token: Optional[str] = field(default=None, repr=False)
@@ -416,7 +417,11 @@ class Worker:
             return self.finish(push, "rejected", reason="channel closed by the server")
         heapq.heappush(self.deadlines, (push.deadline, next(self._seq), push))
         if ch.state == JOINED and self.sock.connected:
-            self.send_push(push)
+            if len(self.inflight) >= self.settings.max_inflight:
+                self.finish(push, "rejected", reason=f"too many pushes awaiting a reply "
+                                                     f"({self.settings.max_inflight})")
+            else:
+                self.send_push(push)
         elif self.buffered >= self.settings.push_buffer:
             self.finish(push, "rejected", reason=f"push buffer full ({self.settings.push_buffer})")
         else:
@@ -426,6 +431,7 @@ class Worker:
     def send_push(self, push):
         try:
             push.ref = self.sock.send_push(push.topic, push.event, payload_json=push.body)
+            push.body = None  # on the wire: only the outcome is left to deliver
         except ConnectionLost as exc:
             self.finish(push, "timeout", reason=f"connection lost while sending ({exc})")
             self.on_lost(str(exc))

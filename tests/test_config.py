@@ -725,3 +725,15 @@ def test_secrets_are_not_inherited_by_a_channel_on_another_origin():
     for topic in ("other", "other-port"):
         assert (by[topic].params, by[topic].auth_token, tuple(by[topic].headers)) == (None, None, ())
     assert by["other-own"].params == {"token": "B"} and by["other-own"].auth_token is None
+
+
+def test_max_inflight_reaches_the_worker_and_zero_is_refused():
+    from pool.config import load_config
+    from pool.errors import ConfigError
+    base = {"url": "ws://h/socket", "run_dir": "/tmp/pool-x"}
+    cfg = load_config(data={"pool": dict(base, max_inflight=50),
+                            "channels": [{"topic": "a"}, {"topic": "b", "max_inflight": 7}]})
+    assert [cfg.worker_settings(t).max_inflight for t in ("a", "b")] == [50, 7]
+    assert load_config(data={"pool": base, "channels": [{"topic": "a"}]}).worker_settings("a").max_inflight == 10000
+    with pytest.raises(ConfigError, match="max_inflight"):
+        load_config(data={"pool": dict(base, max_inflight=0), "channels": [{"topic": "a"}]})

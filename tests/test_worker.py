@@ -268,3 +268,13 @@ def test_a_server_that_drops_every_connection_at_once_is_retried_on_a_growing_sc
         time.sleep(0.01)
     # 0.01 + 0.1 + 0.4 + 0.4 ...: a handful of reconnects in 1.5 s, not one every 10 ms
     assert 3 <= len(server.all_connections) <= 8, len(server.all_connections)
+
+
+def test_pushes_awaiting_a_reply_are_capped(server, run_dir, spawn_worker):
+    w = spawn_worker(settings(server.url, run_dir, max_inflight=3), [ChannelSpec("room:1")])
+    w.wait_state("joined")
+    out = pipeline(w.path, [("room:1", "noreply", 0.5)] * 5)
+    assert [h["outcome"] for h in out] == ["timeout"] * 3 + ["rejected"] * 2
+    assert "awaiting a reply" in out[3]["reason"]
+    assert w.info()["inflight"] == 0
+    assert w.client.push("room:1", "echo", {"after": 1}) == {"after": 1}
