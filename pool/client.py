@@ -7,7 +7,7 @@ process opens its own sockets.
 
 Outcomes of a push, as the caller sees them: the reply's response (ok), `ReplyError` (the
 server replied error), `PushTimeout`, `Rejected` (unknown topic, channel closed or FATAL,
-buffer full, worker stopping) and `WorkerLost` (the worker died with the push in flight; seen
+buffer full, too many pushes awaiting a reply, worker stopping) and `WorkerLost` (the worker died with the push in flight; seen
 at once through EOF). ``retry_lost=N`` re-sends a push lost that way up to N times, to the
 replacement worker, within the same timeout: only safe for idempotent pushes.
 """

@@ -63,7 +63,8 @@ class NotJoined(PoolError):
 
 
 class Rejected(PoolError):
-    """The pool refused the push: unknown topic, channel closed or FATAL, buffer full, stopping."""
+    """The pool refused the push: unknown topic, channel closed or FATAL, buffer full, too many
+    pushes awaiting a reply, worker stopping."""
 
 
 class WorkerLost(PoolError):
