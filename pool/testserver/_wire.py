@@ -159,3 +159,12 @@ def listen_tcp(host, port, rcvbuf, poll):
     sock.listen(128)
     sock.settimeout(poll)
     return sock
+
+
+def close_listener(sock):
+    """Close a listening socket, waking a thread blocked in its accept() at once."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()

@@ -551,11 +551,7 @@ class PhoenixServer:
             self._stopped = True
             conns = list(self._accepted)
         if self._listener is not None:
-            try:
-                self._listener.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept() at once
-            except OSError:
-                pass
-            self._listener.close()
+            _wire.close_listener(self._listener)
         for conn in conns:
             conn.abort()
         deadline = time.monotonic() + 2.0

@@ -60,11 +60,7 @@ class StallListener:
             return
         self._stopping.set()
         if self._listener is not None:
-            try:
-                self._listener.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept() at once
-            except OSError:
-                pass
-            self._listener.close()
+            _wire.close_listener(self._listener)
         with self._cond:
             socks = list(self._socks)
         for sock in socks:
